@@ -1,0 +1,34 @@
+"""Generation: photo + micro-expression clip -> micro-expression video of that face.
+
+  python -m magplus_jax.main --config configs/generate.py --workdir runs/gen \
+      [--config.source=face.png --config.driving=clip.mp4] [--config.generate.alpha=8]
+      [--config.backbone.name=fomm --config.backbone.checkpoint=converted/fomm]
+
+Without source/driving: the embedded default (grace_hopper.jpg from matplotlib, animated by a
+procedural micro-expression clip on scikit-image's astronaut). Without magnifier checkpoints:
+<workdir>/magplus and <workdir>/demag, trained there first if missing. arg = backbone name.
+"""
+import ml_collections
+
+from magplus_jax import config_lib
+
+
+def get_config(arg=None):
+  config = config_lib.base_config()
+  config.mode = "generate"
+  config.source = ""    # face photo (png/jpg/...)
+  config.driving = ""   # micro-expression clip (mp4/avi/mov or a frame folder)
+  config.backbone = ml_collections.ConfigDict(dict(
+      name=arg or "warp", image_size=128, checkpoint="", align_corners=False,
+      adapt_movement_scale=True, relative=True))
+  config.generate = ml_collections.ConfigDict(dict(
+      alpha=0.0,              # > 0: fixed alpha; 0: calibrated per clip
+      motion_target=0.0,      # > 0: overrides the target stored with the MagPlus checkpoint
+      max_repeats=2,          # alpha up to alpha_max ** max_repeats by repeated application
+      chunk=8,                # frames per jitted pipeline call
+      crop=True,              # face crop (one box per clip) before resizing
+      max_frames=300,
+      default_num_frames=24,  # length of the embedded procedural clip
+      magplus_checkpoint="", demag_checkpoint="",
+      pretrain_steps=200))
+  return config

@@ -1,0 +1,169 @@
+"""The one checkpoint path: converted pretrained weights and training checkpoints, all through orbax.
+
+Pretrained weights (written by the converters in magplus_jax/ports, read by generate/evaluate):
+  <dir>/params/           orbax StandardCheckpointer tree of numpy arrays (Flax layouts)
+  <dir>/magplus_meta.json {"model": <name>, "config": {...}, "source": <original file>}
+`load_pretrained(dir, model=...)` refuses a directory that holds another model, naming both, so a
+RAFT checkpoint given as FOMM fails with one clear message instead of a shape error deep in XLA.
+Directories are written under a temporary name and renamed at the end: an interrupted conversion
+never leaves a half-written directory under the final name, and an existing one is never replaced.
+
+Training checkpoints: see `TrainCheckpointer` below.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from magplus_jax.ports.common import CheckpointMismatchError
+
+META_FILE = "magplus_meta.json"
+
+
+def save_pretrained(out_dir: str, params: Any, *, model: str, config: dict | None = None,
+                    source: str = "") -> str:
+  """Writes `params` (a pytree of arrays) and its metadata to `out_dir` (must not exist)."""
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir):
+    raise FileExistsError(f"output directory {out_dir!r} already exists; not overwriting it")
+  tmp = out_dir + ".partial"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  os.makedirs(tmp)
+  params = jax.tree.map(np.asarray, params)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(tmp, "params"), params)
+  with open(os.path.join(tmp, META_FILE), "w") as f:
+    json.dump({"model": model, "config": config or {}, "source": source}, f, indent=2)
+  os.rename(tmp, out_dir)
+  return out_dir
+
+
+def read_pretrained_meta(ckpt_dir: str) -> dict:
+  path = os.path.join(ckpt_dir, META_FILE)
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
+  if not os.path.isfile(path):
+    raise CheckpointMismatchError(
+        f"{ckpt_dir!r} is not a magplus_jax checkpoint (no {META_FILE}); convert official weights "
+        "with `python -m magplus_jax.ports.<model> ...` first")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointMismatchError(f"{path!r} is corrupt: {e}") from e
+
+
+def load_pretrained(ckpt_dir: str, *, model: str | tuple[str, ...]) -> tuple[Any, dict]:
+  """Returns (params as numpy pytree, metadata); raises if the directory holds another model."""
+  meta = read_pretrained_meta(ckpt_dir)
+  models = (model,) if isinstance(model, str) else tuple(model)
+  if meta.get("model") not in models:
+    raise CheckpointMismatchError(
+        f"checkpoint {ckpt_dir!r} holds model {meta.get('model')!r}, expected {' or '.join(models)}")
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(os.path.abspath(os.path.join(ckpt_dir, "params")))
+  except Exception as e:  # orbax raises several types for damaged trees
+    raise CheckpointMismatchError(f"checkpoint {ckpt_dir!r} could not be read: {e}") from e
+  return params, meta
+
+
+# ------------------------------------------------------------------------------------------------
+# Training checkpoints.
+# ------------------------------------------------------------------------------------------------
+class TrainCheckpointer:
+  """orbax CheckpointManager over {"state": train state pytree, "data": grain iterator state}.
+
+  * async saves; keep the newest `keep` plus every `keep_every`-th step (0 = none extra);
+  * `restore_latest` restores into the shardings of the *current* mesh (a run resumes on another
+    device count), and falls back to the previous step when the newest is unreadable (half-written,
+    deleted files, garbage bytes), saying so; nothing is deleted by the fallback.
+  """
+
+  def __init__(self, directory: str, *, keep: int = 3, keep_every: int = 0, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, keep_period=keep_every or None, create=True,
+        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def save(self, step: int, state: Any, data_iterator=None, force: bool = False) -> bool:
+    import grain  # pylint: disable=g-import-not-at-top
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def restore_latest(self, abstract_state: Any, data_iterator=None, log=print):
+    """Returns (step, state, data_iterator) of the newest readable checkpoint, or None."""
+    import grain  # pylint: disable=g-import-not-at-top
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
+        older = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint left"
+        log(f"checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); {older}")
+        continue
+      return step, restored["state"], (restored["data"] if data_iterator is not None else None)
+    return None
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_magnifier_variables(ckpt_dir: str, abstract_variables: Any) -> Any:
+  """(params, rest) of a MagPlus/DeMagPlus network from a training workdir or its checkpoints dir.
+
+  The variables' structure must match the config's network: a checkpoint of another size or of
+  another model fails with one message naming the directory.
+  """
+  ckpt_dir = os.path.abspath(ckpt_dir)
+  sub = os.path.join(ckpt_dir, "checkpoints")
+  directory = sub if os.path.isdir(sub) else ckpt_dir
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"magnifier checkpoint {ckpt_dir!r} does not exist")
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  step = mngr.latest_step()
+  if step is None:
+    raise CheckpointMismatchError(f"{ckpt_dir!r} holds no training checkpoint")
+  try:
+    meta = mngr.item_metadata(step)
+    state_meta = meta["state"]
+    target = {"params": abstract_variables[0], "model_state": abstract_variables[1]}
+    tree = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={k: state_meta[k] for k in ("params", "model_state")},
+            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                      {k: state_meta[k] for k in ("params", "model_state")}))))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointMismatchError(f"magnifier checkpoint {ckpt_dir!r} (step {step}) could not be "
+                                  f"read: {str(e).splitlines()[0][:300]}") from e
+  finally:
+    mngr.close()
+  state = tree["state"]
+  got = jax.tree.map(np.shape, {"params": state["params"], "model_state": state["model_state"]})
+  want = jax.tree.map(np.shape, target)
+  if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+    raise CheckpointMismatchError(
+        f"magnifier checkpoint {ckpt_dir!r} holds a network of another architecture than "
+        "config.magnifier.model (different layers or shapes)")
+  return state["params"], state["model_state"]

@@ -1,0 +1,95 @@
+"""python -m magplus_jax.main --config configs/<name>.py[:arg] --workdir DIR [--config.x=y ...]
+
+config.mode picks the job: train (train.py), evaluate (evaluate.py) or generate (generate.py).
+Bad input (unknown config keys, wrong values, missing or corrupt files, a checkpoint of another
+model, alpha <= 0) ends with one line naming the thing and the problem, and a non-zero exit status
+(2 for the command line, 1 for the job); --debug shows the traceback instead.
+"""
+import ast
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and outputs.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+
+# Exceptions that mean "the input is wrong", reported in one line.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError)
+
+
+def _message(e: BaseException) -> str:
+  """One readable line: unwraps ml_collections' quoted key errors and config_flags' tracebacks."""
+  msg = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
+  while len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":
+    try:
+      msg = ast.literal_eval(msg)
+    except (ValueError, SyntaxError):
+      break
+  if "Traceback (most recent call last)" in msg:
+    head = msg.split("Traceback", 1)[0].strip().rstrip(":")
+    tail = [l for l in msg.splitlines() if l.strip()][-1]
+    msg = f"{head}: {tail}"
+  if "Did you mean" in msg and isinstance(e, AttributeError):
+    key, hint = msg.split("\n", 1)
+    msg = f"unknown config key {key.strip(chr(39))!r}. {hint.strip()}"
+  return " ".join(line.strip() for line in msg.split("\n") if line.strip())
+
+
+def _fail(prefix: str, e: BaseException, status: int):
+  print(f"magplus_jax: {prefix}{_message(e)}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse_flags(argv):
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is None:
+      raise ValueError("--config is required, e.g. --config configs/default.py")
+    _ = _CONFIG.value.mode  # the config file is loaded lazily: load it here
+    return rest
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    _fail("bad command line: ", e, 2)
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps orbax's and grain's per-save INFO chatter out of the run log (warnings still pass)."""
+
+  def filter(self, record):
+    noisy = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
+    return record.levelno >= logging.logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  if not _WORKDIR.value:
+    _fail("bad command line: ", ValueError("--workdir is required"), 2)
+  try:
+    if config.mode == "train":
+      from magplus_jax import train  # pylint: disable=g-import-not-at-top
+      train.train_and_evaluate(config, _WORKDIR.value)
+    elif config.mode == "evaluate":
+      from magplus_jax import evaluate  # pylint: disable=g-import-not-at-top
+      evaluate.evaluate(config, _WORKDIR.value)
+    elif config.mode == "generate":
+      from magplus_jax import generate  # pylint: disable=g-import-not-at-top
+      generate.generate(config, _WORKDIR.value)
+    else:
+      raise ValueError(f"config.mode={config.mode!r}: choose train, evaluate or generate")
+  except USER_ERRORS as e:
+    if _DEBUG.value:
+      raise
+    logging.error("%s", e)
+    _fail("error: ", e, 1)
+
+
+def run():
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

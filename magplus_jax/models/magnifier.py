@@ -1,0 +1,180 @@
+"""The MagPlus / DeMagPlus network: f(I_ref, I_t, alpha) -> frame whose motion from I_ref is alpha x.
+
+FlowMag-style (Pan, Geng, Owens 2023): a U-Net on [I_ref, I_t, enc(alpha)] with enc a sinusoidal
+encoding of alpha tiled over the image (per pixel, so region-targeted alpha maps work unchanged).
+MagPlus is trained with alpha in [1, alpha_max], DeMagPlus with alpha in [1/alpha_max, 1]; the same
+module serves both, only the data's alpha range differs.
+
+Depth (levels) and base width come from the config: tiny configs train on CPU in minutes, the
+FlowMag-size config (5 levels, width 64, 512x512) is what pod runs use.
+
+Normalisation (`norm`):
+  * "group" (default): GroupNorm. Statistics are per example, so the function an example sees does
+    not depend on how the batch is split across devices: data-parallel, FSDP and single-device runs
+    compute the same thing, and train == eval behaviour.
+  * "batch": BatchNorm as in FlowMag. Under `jit` with the batch sharded over the mesh's data axis,
+    XLA computes the batch mean/variance over the *global* batch (it inserts the cross-device
+    reductions), so results match a single device with the same global batch, at the cost of two
+    all-reduces per norm layer per step. Running statistics are used in eval mode.
+  * "none".
+
+Output (`output`):
+  * "residual" (default): clip(I_t + delta, 0, 1). At initialisation the network is close to the
+    identity magnifier, which makes short CPU runs learn magnification from the first steps.
+  * "sigmoid": sigmoid RGB as in FlowMag.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from magplus_jax.models import magnifiers
+
+Array = jax.Array
+
+
+def alpha_encoding(alpha: Array, num_features: int = 32, min_log2: float = -3.0,
+                   max_log2: float = 7.0) -> Array:
+  """alpha [...] -> [..., num_features]: sin/cos of 2*pi*alpha/lambda, lambda = 2^min_log2..2^max_log2."""
+  n = num_features // 2
+  wavelengths = 2.0 ** jnp.linspace(min_log2, max_log2, n, dtype=jnp.float32)
+  arg = 2.0 * math.pi * alpha[..., None].astype(jnp.float32) / wavelengths
+  return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
+
+
+def _norm(kind: str, ch: int, rngs: nnx.Rngs):
+  if kind == "group":
+    return nnx.GroupNorm(ch, num_groups=min(8, ch), rngs=rngs)
+  if kind == "batch":
+    return nnx.BatchNorm(ch, momentum=0.9, rngs=rngs)
+  if kind == "none":
+    return None
+  raise ValueError(f"config.model.norm={kind!r}; choose 'group', 'batch' or 'none'")
+
+
+class ConvBlock(nnx.Module):
+  """Two 3x3 conv -> norm -> SiLU layers."""
+
+  def __init__(self, cin: int, cout: int, norm: str, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
+    self.norm1 = _norm(norm, cout, rngs)
+    self.conv2 = nnx.Conv(cout, cout, (3, 3), rngs=rngs)
+    self.norm2 = _norm(norm, cout, rngs)
+
+  def _apply_norm(self, layer, x, train):
+    if layer is None:
+      return x
+    if isinstance(layer, nnx.BatchNorm):
+      return layer(x, use_running_average=not train)
+    return layer(x)
+
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = nnx.silu(self._apply_norm(self.norm1, self.conv1(x), train))
+    return nnx.silu(self._apply_norm(self.norm2, self.conv2(x), train))
+
+
+class MagnifierUNet(nnx.Module):
+  """U-Net over [I_ref, I_t, enc(alpha)] -> magnified frame, all [B, H, W, C] in [0, 1]."""
+
+  def __init__(self, *, levels: int = 5, width: int = 64, max_width: int = 512, norm: str = "group",
+               alpha_features: int = 32, output: str = "residual", rngs: nnx.Rngs):
+    if output not in ("residual", "sigmoid"):
+      raise ValueError(f"config.model.output={output!r}; choose 'residual' or 'sigmoid'")
+    self.levels = levels
+    self.alpha_features = alpha_features
+    self.output = output
+    widths = [min(width * 2 ** i, max_width) for i in range(levels)]
+    cin = 6 + alpha_features
+    self.down = nnx.List()
+    for w in widths:
+      self.down.append(ConvBlock(cin, w, norm, rngs))
+      cin = w
+    self.up_convs = nnx.List()
+    self.up_blocks = nnx.List()
+    for i in range(levels - 2, -1, -1):
+      self.up_convs.append(nnx.Conv(widths[i + 1], widths[i], (3, 3), rngs=rngs))
+      self.up_blocks.append(ConvBlock(2 * widths[i], widths[i], norm, rngs))
+    # Zero-initialised head: a "residual" network starts as the exact identity magnifier.
+    head_init = nnx.initializers.zeros_init() if output == "residual" else nnx.initializers.lecun_normal()
+    self.head = nnx.Conv(widths[0], 3, (1, 1), kernel_init=head_init, rngs=rngs)
+
+  def __call__(self, ref: Array, frame: Array, alpha: Array, train: bool = False) -> Array:
+    """ref, frame: [B, H, W, 3]; alpha: [B] or [B, H, W]. H, W divisible by 2^(levels-1)."""
+    b, h, w, _ = frame.shape
+    div = 2 ** (self.levels - 1)
+    if h % div or w % div:
+      raise ValueError(f"image size {h}x{w} must be divisible by {div} for a {self.levels}-level U-Net")
+    if alpha.ndim == 1:
+      alpha = jnp.broadcast_to(alpha[:, None, None], (b, h, w))
+    enc = alpha_encoding(alpha, self.alpha_features).astype(frame.dtype)
+    x = jnp.concatenate([ref, frame, enc], axis=-1)
+    skips = []
+    for i, block in enumerate(self.down):
+      if i > 0:
+        x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
+      x = block(x, train)
+      skips.append(x)
+    for j, (conv, block) in enumerate(zip(self.up_convs, self.up_blocks)):
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+      x = conv(x)
+      x = block(jnp.concatenate([x, skips[-2 - j]], axis=-1), train)
+    out = self.head(x)
+    if self.output == "sigmoid":
+      return nnx.sigmoid(out)
+    return jnp.clip(frame + out, 0.0, 1.0)
+
+
+def create(model_config, seed: int = 0) -> MagnifierUNet:
+  return MagnifierUNet(levels=model_config.levels, width=model_config.width,
+                       max_width=model_config.get("max_width", 512), norm=model_config.norm,
+                       alpha_features=model_config.get("alpha_features", 32),
+                       output=model_config.get("output", "residual"), rngs=nnx.Rngs(seed))
+
+
+def repeats_for(alpha: float, alpha_max: float, max_repeats: int) -> int:
+  """How many applications of a network trained up to alpha_max reach `alpha` (>= 1 each)."""
+  if not math.isfinite(alpha) or alpha <= 0:
+    raise ValueError(f"alpha={alpha} is invalid: it must be a finite number > 0")
+  a = max(alpha, 1.0 / alpha)
+  k = max(1, math.ceil(math.log(a) / math.log(alpha_max) - 1e-9)) if a > 1 else 1
+  if k > max_repeats:
+    raise ValueError(f"alpha={alpha} needs {k} repeated applications of a network trained up to "
+                     f"alpha_max={alpha_max}; at most {max_repeats} are allowed "
+                     f"(config.magnifier.max_repeats)")
+  return k
+
+
+def magnify_clip_fn(graphdef, repeats: int = 1):
+  """Returns magnify_clip(variables, frames [B,T,H,W,3], alpha [B] | [B,T,H,W]) for the interface.
+
+  Each frame is magnified against frame 0, `repeats` times with alpha**(1/repeats) each (the
+  caller picks `repeats` from the concrete alpha with `repeats_for`).
+  """
+  def magnify_clip(variables, frames, alpha):
+    model = nnx.merge(graphdef, *variables)
+    b, t, h, w, c = frames.shape
+    ref = jnp.broadcast_to(frames[:, :1], frames.shape).reshape(b * t, h, w, c)
+    cur = frames.reshape(b * t, h, w, c)
+    a = jnp.asarray(alpha, frames.dtype)
+    a = jnp.repeat(a, t, axis=0) if a.ndim == 1 else a.reshape(b * t, h, w)
+    a = a ** (1.0 / repeats)
+    for _ in range(repeats):
+      cur = model(ref, cur, a, train=False)
+    return cur.reshape(b, t, h, w, c)
+  return magnify_clip
+
+
+def build(magnifier_config) -> magnifiers.Magnifier:
+  """A Magnifier from `magnifier_config` (fields: model (ConfigDict), checkpoint ('' = untrained),
+  seed, repeats)."""
+  model = create(magnifier_config.model, magnifier_config.get("seed", 0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  variables = (nnx.to_pure_dict(params), nnx.to_pure_dict(rest))
+  if magnifier_config.get("checkpoint", ""):
+    from magplus_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    variables = checkpointing.load_magnifier_variables(magnifier_config.checkpoint, variables)
+  return magnifiers.Magnifier(magnifier_config.get("label", "magplus"), variables,
+                              magnify_clip_fn(graphdef, magnifier_config.get("repeats", 1)))

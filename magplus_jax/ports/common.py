@@ -1,0 +1,94 @@
+"""What every checkpoint converter shares: reading a torch file, checking it, mapping layouts.
+
+Converters are the only place (with bench/) that imports torch, and they import it lazily so the rest
+of the package never needs it. A converter:
+  1. `load_torch_file(path)` -> nested dict of numpy arrays (no torch tensors escape);
+  2. `check_state_dict(sd, expected_spec, what=...)` -> raises one `CheckpointMismatchError` naming
+     missing keys, unexpected keys and shape mismatches (a RAFT file given to the FOMM converter fails
+     here, with the keys that prove it);
+  3. maps torch layouts to Flax with `conv_kernel` / `linear_kernel`;
+  4. saves with `magplus_jax.checkpointing.save_pretrained(out_dir, params, model=...)`, whose
+     metadata lets `load_pretrained` refuse a checkpoint of another model.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not hold the model it is given as."""
+
+
+def load_torch_file(path: str) -> dict:
+  """Reads a .pth / .pt / .pth.tar file into plain numpy (nested dicts kept)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"checkpoint {path!r}: no such file")
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("converting a PyTorch checkpoint needs torch: pip install -e '.[torch]'") from e
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+  except Exception as e:  # torch raises many types for a corrupt file
+    raise CheckpointMismatchError(f"checkpoint {path!r} is not a readable PyTorch file: {e}") from e
+
+  def to_np(x):
+    if isinstance(x, torch.Tensor):
+      return x.detach().cpu().numpy()
+    if isinstance(x, Mapping):
+      return {k: to_np(v) for k, v in x.items()}
+    return x
+  return to_np(obj)
+
+
+def strip_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict:
+  """Drops `prefix` (e.g. DataParallel's 'module.') from the keys that carry it."""
+  return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+
+
+def check_state_dict(sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
+                     what: str, ignore: tuple[str, ...] = ("num_batches_tracked",)) -> None:
+  """Raises CheckpointMismatchError unless `sd` has exactly the expected names and shapes.
+
+  expected: name -> shape. Keys ending in any of `ignore` are skipped on both sides.
+  """
+  keep = lambda k: not k.endswith(ignore)
+  have = {k for k in sd if keep(k)}
+  want = {k for k in expected if keep(k)}
+  missing = sorted(want - have)
+  unexpected = sorted(have - want)
+  shapes = sorted(f"{k}: checkpoint {tuple(np.shape(sd[k]))}, model {tuple(expected[k])}"
+                  for k in have & want if tuple(np.shape(sd[k])) != tuple(expected[k]))
+  if not (missing or unexpected or shapes):
+    return
+  def show(items, n=8):
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+  parts = [f"{what}: the checkpoint does not match the model."]
+  if missing:
+    parts.append(f"missing keys ({len(missing)}): {show(missing)}")
+  if unexpected:
+    parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+  if shapes:
+    parts.append(f"shape mismatches ({len(shapes)}): {show(shapes)}")
+  raise CheckpointMismatchError("\n  ".join(parts))
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+  """torch Conv weight [O, I, *k] -> Flax kernel [*k, I, O] (2-D and 3-D)."""
+  w = np.asarray(w)
+  return np.transpose(w, tuple(range(2, w.ndim)) + (1, 0))
+
+
+def conv_transpose_kernel(w: np.ndarray) -> np.ndarray:
+  """torch ConvTranspose weight [I, O, *k] -> Flax ConvTranspose kernel [*k, I, O] (flipped)."""
+  w = np.asarray(w)
+  k = np.transpose(w, tuple(range(2, w.ndim)) + (0, 1))
+  return k[tuple(slice(None, None, -1) for _ in range(w.ndim - 2))].copy()
+
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+  """torch Linear weight [O, I] -> Flax kernel [I, O]."""
+  return np.asarray(w).T.copy()

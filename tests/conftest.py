@@ -1,0 +1,41 @@
+"""Test setup: 8 fake CPU devices (sharding tests), CPU only, before jax is imported anywhere."""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+# Compiled executables are reused across tests and runs (many tests build the same small trainer).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
+
+def tiny_config(**overrides):
+  """The smallest real training config: 32x32 pairs, 2-level width-8 U-Net, a light pyramid_lk."""
+  from magplus_jax import config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.total_steps = 4
+  c.batch_size = 8
+  c.data.image_size = 32
+  c.data.eval_examples = 8
+  c.model.levels = 2
+  c.model.width = 8
+  c.flow.unlock()
+  c.flow.update(dict(levels=2, iters=1, iters_finest=2))
+  c.optimizer.schedule = "constant"
+  c.log_every = 2
+  c.eval_every = 0
+  c.checkpoint.every = 2
+  c.checkpoint.async_save = False
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
