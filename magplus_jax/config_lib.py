@@ -29,11 +29,13 @@ def base_config() -> ConfigDict:
   c.data = ConfigDict(dict(
       name="procedural", image_size=64, supersample=4, alpha_max=16.0,
       max_motion_px=(0.05, 1.0), noise_std=0.003, sources="all",
-      num_workers=0, eval_examples=32))
+      num_workers=0, num_eval_examples=32))
 
   c.model = ConfigDict(dict(levels=3, width=16, max_width=512, norm="group", alpha_features=32,
                             output="residual"))
-  c.flow = ConfigDict(dict(name="pyramid_lk", checkpoint="", iters=12))
+  # iters: RAFT's GRU refinements, or pyramid_lk's Gauss-Newton steps per coarse level (it does
+  # iters_finest at full resolution); levels: pyramid_lk's pyramid depth. checkpoint: RAFT weights.
+  c.flow = ConfigDict(dict(name="pyramid_lk", checkpoint="", iters=3, iters_finest=5, levels=4))
   c.loss = ConfigDict(dict(w_mag=1.0, w_color=10.0, w_pixel=0.0))
   c.optimizer = ConfigDict(dict(name="adam", learning_rate=3e-4, schedule="cosine",
                                 warmup_steps=20, end_lr_fraction=0.1, b1=0.9, b2=0.999,

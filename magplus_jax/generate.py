@@ -74,9 +74,8 @@ def magnifier_dirs(config, workdir: str) -> tuple[str, str, str]:
       from magplus_jax import train  # pylint: disable=g-import-not-at-top
       logging.warning("%s: no checkpoint given and none in %s: training the embedded default "
                       "for %d steps first", task, d, gen.pretrain_steps)
-      tc = config_lib.base_config()
-      tc.task, tc.total_steps, tc.model = task, gen.pretrain_steps, config.model
-      tc.flow, tc.seed = config.flow, config.seed
+      tc = ml_collections.ConfigDict(config.to_dict())  # same model, flow, data and seed
+      tc.mode, tc.task, tc.total_steps = "train", task, gen.pretrain_steps
       train.train_and_evaluate(tc, d)
       notes.append(f"{task}: trained the embedded default for {gen.pretrain_steps} steps in {d}")
     dirs.append(d)
@@ -151,6 +150,7 @@ def plot_intensity(path: str, curves: dict, alpha: float) -> None:
 
 def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
   gen = config.generate
   if gen.alpha and not (np.isfinite(gen.alpha) and gen.alpha > 0):
     raise ValueError(f"config.generate.alpha={gen.alpha}: alpha must be a finite number > 0 "

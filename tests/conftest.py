@@ -22,10 +22,9 @@ def tiny_config(**overrides):
   c.total_steps = 4
   c.batch_size = 8
   c.data.image_size = 32
-  c.data.eval_examples = 8
+  c.data.num_eval_examples = 8
   c.model.levels = 2
   c.model.width = 8
-  c.flow.unlock()
   c.flow.update(dict(levels=2, iters=1, iters_finest=2))
   c.optimizer.schedule = "constant"
   c.log_every = 2

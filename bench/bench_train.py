@@ -1,0 +1,227 @@
+"""Train-step throughput and memory: the real MagPlus step, and a U-Net-only step vs PyTorch.
+
+  python bench/bench_train.py [--sizes 64,256] [--batch 8] [--steps 10] [--torch] [--out F.json]
+
+For each size: the full train step of configs/default.py at that resolution (magnifier + two
+passes of the flow network + losses + Adam), examples/s after compilation, FLOPs per example from
+XLA's cost analysis, peak memory (device stats where the backend has them, else the process's max
+RSS, measured in a fresh subprocess per case), and on a GPU the fraction of the device's peak.
+With --torch (the `torch` extra): the same U-Net (widths, norm, depth) with an L1 pixel loss and
+Adam, in JAX and in PyTorch on the same machine, side by side in one run, and their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# Peak dense float32 FLOP/s per device, for utilisation figures.
+PEAK_FLOPS = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}
+
+
+def _peak_memory_bytes() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _config(size: int, batch: int):
+  from magplus_jax import config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.data.image_size = size
+  c.batch_size = batch
+  if size >= 256:  # the 256x256 config: 4-level width-32 U-Net, 4 pyramid levels
+    c.model.levels, c.model.width = 4, 32
+  return c
+
+
+def _fixed_batch(config):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from data_pipelines import procedural  # pylint: disable=g-import-not-at-top
+  from magplus_jax import train  # pylint: disable=g-import-not-at-top
+  spec = procedural.ProceduralSpec.from_config(train.data_config_for(config))
+  ex = [procedural.generate_example(spec, "train", 0, i) for i in range(config.batch_size)]
+  return {k: np.stack([e[k] for e in ex]) for k in ("ref", "frame", "magnified", "alpha")}
+
+
+def bench_full_step(size: int, batch: int, steps: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from magplus_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  config = _config(size, batch)
+  mesh = sharding.make_mesh(config.mesh)
+  trainer = train.build_trainer(config, mesh)
+  state = trainer.init()
+  batch_arr = sharding.global_batch(_fixed_batch(config), mesh)
+  fp = trainer.flow.params
+  t0 = time.perf_counter()
+  compiled = trainer.train_step.lower(state, batch_arr, fp).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, list) else cost
+  state, m = compiled(state, batch_arr, fp)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, batch_arr, fp)
+  jax.block_until_ready(m)
+  dt = (time.perf_counter() - t0) / steps
+  flops = float(cost.get("flops", 0.0))
+  out = {"case": f"full_step_{size}", "size": size, "batch": batch, "step_s": dt,
+         "examples_per_s": batch / dt, "flops_per_example": flops / batch, "compile_s": compile_s,
+         "peak_memory_bytes": _peak_memory_bytes(), "device": jax.devices()[0].device_kind}
+  peak = next((v for k, v in PEAK_FLOPS.items() if k in out["device"]), None)
+  if peak:
+    out["mfu"] = flops / dt / peak
+  return out
+
+
+def bench_unet_jax(size: int, batch: int, steps: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from magplus_jax.models import magnifier  # pylint: disable=g-import-not-at-top
+  config = _config(size, batch)
+  graphdef, params, rest = nnx.split(magnifier.create(config.model), nnx.Param, ...)
+  tx = optax.adam(3e-4)
+  opt = tx.init(params)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((batch, size, size, 3), np.float32))
+  a = jnp.full((batch,), 4.0)
+
+  @jax.jit
+  def step(params, opt):
+    def loss(p):
+      return jnp.mean(jnp.abs(nnx.merge(graphdef, p, rest)(x, x, a, train=True) - x))
+    l, g = jax.value_and_grad(loss)(params)
+    u, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, u), opt, l
+  params, opt, l = step(params, opt)
+  jax.block_until_ready(l)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    params, opt, l = step(params, opt)
+  jax.block_until_ready(l)
+  dt = (time.perf_counter() - t0) / steps
+  return {"case": f"unet_jax_{size}", "size": size, "batch": batch, "step_s": dt,
+          "examples_per_s": batch / dt, "peak_memory_bytes": _peak_memory_bytes()}
+
+
+def bench_unet_torch(size: int, batch: int, steps: int) -> dict:
+  """The same U-Net in PyTorch (GroupNorm, SiLU, avg-pool down, nearest-up + conv, skip concat)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  config = _config(size, batch)
+  levels, width = config.model.levels, config.model.width
+  widths = [min(width * 2 ** i, 512) for i in range(levels)]
+
+  def block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(min(8, cout), cout),
+                         nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
+                         nn.GroupNorm(min(8, cout), cout), nn.SiLU())
+
+  class UNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      cin = 6 + 32
+      self.down = nn.ModuleList()
+      for w in widths:
+        self.down.append(block(cin, w))
+        cin = w
+      self.up_conv = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1)
+                                   for i in range(levels - 2, -1, -1))
+      self.up_block = nn.ModuleList(block(2 * widths[i], widths[i])
+                                    for i in range(levels - 2, -1, -1))
+      self.head = nn.Conv2d(widths[0], 3, 1)
+
+    def forward(self, x):
+      skips = []
+      for i, b in enumerate(self.down):
+        if i:
+          x = nn.functional.avg_pool2d(x, 2)
+        x = b(x)
+        skips.append(x)
+      for j, (c, b) in enumerate(zip(self.up_conv, self.up_block)):
+        x = c(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = b(torch.cat([x, skips[-2 - j]], 1))
+      return self.head(x)
+
+  torch.manual_seed(0)
+  net = UNet()
+  opt = torch.optim.Adam(net.parameters(), 3e-4)
+  x = torch.rand(batch, 38, size, size)
+  target = torch.rand(batch, 3, size, size)
+
+  def step():
+    opt.zero_grad()
+    loss = (net(x) - target).abs().mean()
+    loss.backward()
+    opt.step()
+    return loss
+  step()
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    step()
+  dt = (time.perf_counter() - t0) / steps
+  return {"case": f"unet_torch_{size}", "size": size, "batch": batch, "step_s": dt,
+          "examples_per_s": batch / dt, "torch_threads": torch.get_num_threads(),
+          "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+CASES = {"full": bench_full_step, "unet_jax": bench_unet_jax, "unet_torch": bench_unet_torch}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--sizes", default="64,256")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--torch", action="store_true", help="also run the U-Net-only JAX vs PyTorch pair")
+  p.add_argument("--out", default="")
+  p.add_argument("--child", default="", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child:  # one case in a fresh process, so its peak memory is its own
+    name, size = args.child.split(":")
+    print(json.dumps(CASES[name](int(size), args.batch, args.steps)))
+    return
+  rows = []
+  for size in (int(s) for s in args.sizes.split(",")):
+    names = ["full"] + (["unet_jax", "unet_torch"] if args.torch else [])
+    for name in names:
+      r = subprocess.run([sys.executable, __file__, "--child", f"{name}:{size}", "--batch",
+                          str(args.batch), "--steps", str(args.steps)],
+                         capture_output=True, text=True, check=False)
+      if r.returncode:
+        print(f"{name} {size}: failed\n{r.stderr[-2000:]}", file=sys.stderr)
+        continue
+      rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+  by_case = {r["case"]: r for r in rows}
+  for size in (int(s) for s in args.sizes.split(",")):
+    j, t = by_case.get(f"unet_jax_{size}"), by_case.get(f"unet_torch_{size}")
+    if j and t:
+      rows.append({"case": f"ratio_unet_{size}", "jax_over_torch_examples_per_s":
+                   j["examples_per_s"] / t["examples_per_s"]})
+  print(f"{'case':<20} {'ex/s':>9} {'step ms':>9} {'GFLOP/ex':>9} {'peak MiB':>9}")
+  for r in rows:
+    if "examples_per_s" in r:
+      print(f"{r['case']:<20} {r['examples_per_s']:9.2f} {1e3 * r['step_s']:9.1f} "
+            f"{r.get('flops_per_example', 0) / 1e9:9.3f} {r['peak_memory_bytes'] / 2**20:9.0f}")
+    else:
+      print(f"{r['case']:<20} jax/torch = {r['jax_over_torch_examples_per_s']:.2f}")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
