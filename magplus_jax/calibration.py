@@ -1,7 +1,9 @@
 """alpha per clip: magnify a micro clip just enough to reach the backbone's macro motion range.
 
-A clip's motion is the `percentile` (default 95th) of the flow magnitude relative to its first
-frame, taken at its strongest frame (the apex). The macro target is the same statistic measured on
+A clip's motion is the `percentile` (PERCENTILE, the 99th) of the flow magnitude relative to its
+first frame, taken at its strongest frame (the apex). A high percentile, because micro-expressions
+are local: a brow or a lip corner moves while most of the frame is still, and a median or 95th
+percentile would measure the still part. The macro target is the same statistic measured on
 macro training data (for the embedded default: the exact magnified training pairs, i.e. the motion
 the magnifier learned to produce; for a real backbone: its training videos, e.g. VoxCeleb clips
 through `estimate_target`). It is stored as `calibration.json` next to the checkpoints, so a
@@ -22,6 +24,7 @@ from magplus_jax import metrics
 from magplus_jax.models.flow import FlowEstimator
 
 CALIBRATION_FILE = "calibration.json"
+PERCENTILE = 99.0
 
 
 def clip_flows(flow: FlowEstimator, frames: jax.Array, chunk: int = 16) -> jax.Array:
@@ -34,7 +37,7 @@ def clip_flows(flow: FlowEstimator, frames: jax.Array, chunk: int = 16) -> jax.A
   return jnp.concatenate(out)
 
 
-def clip_motion(flows: jax.Array, percentile: float = 95.0) -> float:
+def clip_motion(flows: jax.Array, percentile: float = PERCENTILE) -> float:
   """The clip's motion (px): the largest per-frame `percentile` flow magnitude."""
   _, p = metrics.intensity_curve(flows, percentile)
   return float(jnp.max(p))
@@ -50,7 +53,7 @@ def choose_alpha(motion: float, target: float, alpha_max: float) -> float:
   return float(np.clip(target / motion, 1.0, alpha_max))
 
 
-def estimate_target(flow: FlowEstimator, clips, percentile: float = 95.0) -> float:
+def estimate_target(flow: FlowEstimator, clips, percentile: float = PERCENTILE) -> float:
   """Median over macro clips (iterable of [T, H, W, 3]) of their motion: the backbone's range."""
   motions = [clip_motion(clip_flows(flow, jnp.asarray(c)), percentile) for c in clips]
   if not motions:

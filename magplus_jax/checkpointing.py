@@ -143,27 +143,44 @@ def load_magnifier_variables(ckpt_dir: str, abstract_variables: Any) -> Any:
     raise FileNotFoundError(f"magnifier checkpoint {ckpt_dir!r} does not exist")
   mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   step = mngr.latest_step()
+  mngr.close()
   if step is None:
     raise CheckpointMismatchError(f"{ckpt_dir!r} holds no training checkpoint")
-  try:
-    meta = mngr.item_metadata(step)
-    state_meta = meta["state"]
-    target = {"params": abstract_variables[0], "model_state": abstract_variables[1]}
-    tree = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item={k: state_meta[k] for k in ("params", "model_state")},
-            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                      {k: state_meta[k] for k in ("params", "model_state")}))))
+  path = os.path.join(directory, str(step), "state")
+  try:  # onto one local device, whatever mesh wrote it
+    with ocp.StandardCheckpointer() as ckptr:
+      meta = ckptr.metadata(path).item_metadata
+      meta = getattr(meta, "tree", meta)
+      dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      state = ckptr.restore(path, jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta))
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointMismatchError(f"magnifier checkpoint {ckpt_dir!r} (step {step}) could not be "
                                   f"read: {str(e).splitlines()[0][:300]}") from e
-  finally:
-    mngr.close()
-  state = tree["state"]
-  got = jax.tree.map(np.shape, {"params": state["params"], "model_state": state["model_state"]})
-  want = jax.tree.map(np.shape, target)
-  if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+  if not isinstance(state, dict) or not {"params", "model_state"} <= set(state):
+    raise CheckpointMismatchError(f"{ckpt_dir!r} is not a MagPlus/DeMagPlus training checkpoint")
+  try:
+    return (_like(state["params"], abstract_variables[0]),
+            _like(state["model_state"], abstract_variables[1]))
+  except (KeyError, ValueError) as e:
     raise CheckpointMismatchError(
         f"magnifier checkpoint {ckpt_dir!r} holds a network of another architecture than "
-        "config.magnifier.model (different layers or shapes)")
-  return state["params"], state["model_state"]
+        f"config.model ({e})") from e
+
+
+def _like(restored: Any, target: Any) -> Any:
+  """`restored` in the structure of `target`: orbax stores integer dict keys (nnx.List) as strings."""
+  def pick(path, leaf):
+    node = restored
+    for k in path:
+      key = getattr(k, "key", getattr(k, "idx", None))
+      node = node[str(key)] if str(key) in node else node[key]
+    if tuple(np.shape(node)) != tuple(np.shape(leaf)):
+      raise ValueError(f"{jax.tree_util.keystr(path)}: checkpoint {np.shape(node)}, "
+                       f"model {np.shape(leaf)}")
+    return node
+  out = jax.tree_util.tree_map_with_path(pick, target)
+  n_restored = len(jax.tree.leaves(restored))
+  if n_restored != len(jax.tree.leaves(target)):
+    raise ValueError(f"checkpoint has {n_restored} arrays, model {len(jax.tree.leaves(target))}")
+  return out

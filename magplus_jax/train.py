@@ -104,7 +104,9 @@ def make_train_step(graphdef, tx, flow, config):
     new = {"params": optax.apply_updates(state["params"], updates), "model_state": model_state,
            "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
     terms["grad_norm"] = optax.global_norm(grads)
-    finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(terms["grad_norm"])
+    # The update too: a finite gradient can still make NaN parameters (e.g. a NaN learning rate).
+    finite = (jnp.isfinite(terms["loss"]) & jnp.isfinite(terms["grad_norm"])
+              & jnp.isfinite(optax.global_norm(updates)))
     terms["finite"] = finite
     if nan_skip:  # keep the old parameters, still advance the step (the batch is consumed)
       keep = {k: v for k, v in state.items() if k != "step"}
@@ -124,8 +126,9 @@ def make_eval_step(graphdef, flow):
     f = flow_(jnp.concatenate([batch["ref"]] * 3),
               jnp.concatenate([batch["frame"], pred, batch["magnified"]]))
     # The motion the network is trained to produce, as F measures it: the calibration target.
-    exact_p95 = jnp.percentile(jnp.linalg.norm(f[2 * b:], axis=-1).reshape(b, -1), 95.0, axis=1)
-    out = {"target_motion_p95": jnp.median(exact_p95),
+    exact = jnp.percentile(jnp.linalg.norm(f[2 * b:], axis=-1).reshape(b, -1),
+                           calibration.PERCENTILE, axis=1)
+    out = {"target_motion": jnp.median(exact),
            "motion_error": metrics.motion_error(f[b:2 * b], f[:b], batch["alpha"]),
            "mag_error": metrics.mag_error(f[b:2 * b], f[:b], batch["alpha"]),
            "psnr": metrics.psnr(pred, batch["magnified"]),
@@ -273,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.flush()
     signal.signal(signal.SIGTERM, old_handler)
   if eval_metrics and pidx == 0:
-    calibration.save(workdir, eval_metrics["target_motion_p95"], task=config.task, step=step,
+    calibration.save(workdir, eval_metrics["target_motion"], task=config.task, step=step,
                      flow=config.flow.name)
   if eval_metrics:
     logging.info("final step %d: %s", step,
