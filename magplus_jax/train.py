@@ -230,6 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     step0 = 0
     logging.info("no checkpoint in %s: starting from scratch", ckpt.directory)
+  if step0 >= config.total_steps:
+    logging.warning("checkpoint step %d >= config.total_steps=%d: nothing to train; raise "
+                    "--config.total_steps to continue", step0, config.total_steps)
 
   # ---------------------------------------------------------------- loop
   stop = {"sigterm": False}
@@ -251,14 +254,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if pending is not None:  # check the previous step's flag: keeps dispatch asynchronous
         _check_finite(*pending, config, ckpt)
       pending = (step, terms, batch)
-      if config.nan_policy == "skip" and not bool(terms["finite"]):
-        skipped += 1
+      history.append(terms)  # device arrays: fetched together at log time, no per-step sync
       for h in hooks:
         h(step)
       if step % config.log_every == 0 or step == last:
-        history.append(jax.device_get(terms))
+        history = jax.device_get(history)
+        skipped += sum(int(not h["finite"]) for h in history)
         scalars = {k: float(np.mean([h[k] for h in history])) for k in history[0] if k != "finite"}
-        scalars["skipped_steps"] = skipped
+        scalars["skipped_steps"] = skipped  # with nan_policy=skip: steps whose update was dropped
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         history = []
       if config.eval_every and (step % config.eval_every == 0 or step == last):
