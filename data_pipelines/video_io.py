@@ -99,8 +99,11 @@ def _png_is_16bit_colour(path: Path) -> bool:
 def _read_png48(path: Path) -> np.ndarray:
   """Decodes a 16-bit colour PNG with ffmpeg (rgb48le), keeping all 16 bits."""
   from PIL import Image
-  with Image.open(path) as im:
-    width, height = im.size
+  try:
+    with Image.open(path) as im:
+      width, height = im.size
+  except Image.DecompressionBombError as e:
+    raise VideoError(f"{path}: image too large ({e})") from e
   out = _run_ffmpeg_image(path, "rgb48le")
   expected = width * height * 6
   if len(out) != expected:
@@ -156,6 +159,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
       elif im.mode not in ("L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "F"):
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV ...
       arr = np.asarray(im)
+  except Image.DecompressionBombError as e:  # not an OSError: PIL's guard against huge claims
+    raise VideoError(f"{path}: image too large ({e})") from e
   except (OSError, SyntaxError, ValueError) as e:
     raise VideoError(f"{path}: unreadable or corrupt image ({e})") from e
   if arr.dtype.byteorder == ">":

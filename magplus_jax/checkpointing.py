@@ -93,13 +93,32 @@ class TrainCheckpointer:
         max_to_keep=keep, keep_period=keep_every or None, create=True,
         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.unreadable_steps: set[int] = set()  # found by restore_latest; set aside before a re-save
 
   def save(self, step: int, state: Any, data_iterator=None, force: bool = False) -> bool:
     import grain  # pylint: disable=g-import-not-at-top
+    if step in self.unreadable_steps:  # orbax refuses to overwrite a step: move the bad one aside
+      self._set_aside(step)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unreadable step directory to <step>.unreadable[-n] (kept, never deleted; orbax
+    ignores the name) so that the resumed run can write that step again."""
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    self.manager.wait_until_finished()
+    src = os.path.join(self.directory, str(step))
+    if jax.process_index() == 0 and os.path.isdir(src):
+      dst, n = src + ".unreadable", 1
+      while os.path.exists(dst):
+        dst, n = f"{src}.unreadable-{n}", n + 1
+      os.rename(src, dst)
+      logging.warning("moved unreadable checkpoint step %d aside to %s (kept for inspection)",
+                      step, dst)
+    self.unreadable_steps.discard(step)
+    self.manager.reload()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -118,6 +137,7 @@ class TrainCheckpointer:
         older = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint left"
         log(f"checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:200]}); {older}")
+        self.unreadable_steps.add(step)
         continue
       return step, restored["state"], (restored["data"] if data_iterator is not None else None)
     return None

@@ -83,6 +83,18 @@ def validate(config) -> None:
   if config.data.image_size % div:
     raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
                      f"{div} for config.model.levels={config.model.levels}")
+  from magplus_jax.models import backbones, flow, magnifier  # pylint: disable=g-import-not-at-top
+  choices = {"config.model.norm": (config.model.norm, ("group", "batch", "none")),
+             "config.model.output": (config.model.get("output", magnifier.OUTPUTS[0]),
+                                     magnifier.OUTPUTS),
+             "config.optimizer.name": (config.optimizer.name, ("adam", "sgd")),
+             "config.optimizer.schedule": (config.optimizer.schedule, ("constant", "cosine")),
+             "config.flow.name": (config.flow.name, tuple(flow.names()))}
+  if "backbone" in config:
+    choices["config.backbone.name"] = (config.backbone.name, tuple(backbones.names()))
+  for field, (value, allowed) in choices.items():
+    if value not in allowed:
+      raise ValueError(f"{field}={value!r}: choose one of {allowed}")
   if "evaluate" in config:
     for alpha in config.evaluate.alphas:
       if not (math.isfinite(alpha) and alpha > 0):

@@ -60,6 +60,10 @@ def load_inputs(config, size: int):
 def magnifier_dirs(config, workdir: str) -> tuple[str, str, str]:
   """(MagPlus dir, DeMagPlus dir, what was done), training the embedded default where missing."""
   gen = config.generate
+  for given in (gen.magplus_checkpoint, gen.demag_checkpoint):
+    if given:  # a bad checkpoint fails now, not after the other magnifier has been trained
+      magnifier_lib.build(ml_collections.ConfigDict(dict(
+          model=config.model.to_dict(), checkpoint=given, seed=config.seed)))
   dirs, notes = [], []
   for task, given in (("magplus", gen.magplus_checkpoint), ("demag", gen.demag_checkpoint)):
     if given:
@@ -155,6 +159,8 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if gen.alpha and not (np.isfinite(gen.alpha) and gen.alpha > 0):
     raise ValueError(f"config.generate.alpha={gen.alpha}: alpha must be a finite number > 0 "
                      "(or 0 to calibrate it per clip)")
+  if gen.alpha:  # reachable with config.generate.max_repeats applications? (before any training)
+    magnifier_lib.repeats_for(float(gen.alpha), config.data.alpha_max, gen.max_repeats)
   flow = get_flow(config.flow)
   backbone = get_backbone(config.backbone, flow)
   size = backbone.image_size

@@ -32,9 +32,9 @@ def _message(e: BaseException) -> str:
     head = msg.split("Traceback", 1)[0].strip().rstrip(":")
     tail = [l for l in msg.splitlines() if l.strip()][-1]
     msg = f"{head}: {tail}"
-  if "Did you mean" in msg and isinstance(e, AttributeError):
-    key, hint = msg.split("\n", 1)
-    msg = f"unknown config key {key.strip(chr(39))!r}. {hint.strip()}"
+  if isinstance(e, AttributeError):  # config_flags: a key the locked config does not have
+    key, _, hint = msg.partition("\n")
+    msg = f"unknown config key {key.strip(chr(39))!r}." + (f" {hint.strip()}" if hint else "")
   return " ".join(line.strip() for line in msg.split("\n") if line.strip())
 
 

@@ -152,7 +152,7 @@ def repeats_for(alpha: float, alpha_max: float, max_repeats: int) -> int:
   if k > max_repeats:
     raise ValueError(f"alpha={alpha} needs {k} repeated applications of a network trained up to "
                      f"alpha_max={alpha_max}; at most {max_repeats} are allowed "
-                     f"(config.magnifier.max_repeats)")
+                     f"(config.generate.max_repeats)")
   return k
 
 

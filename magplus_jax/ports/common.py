@@ -13,7 +13,8 @@ of the package never needs it. A converter:
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import sys
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -42,6 +43,18 @@ def load_torch_file(path: str) -> dict:
       return {k: to_np(v) for k, v in x.items()}
     return x
   return to_np(obj)
+
+
+def run_cli(main: Callable[[], Any], prog: str) -> Any:
+  """Runs a converter's `main()`: an input error (missing or non-torch file, a checkpoint of another
+  model, an existing output directory, no torch) ends with ONE line `prog: error: ...` on stderr
+  and exit status 1, as `python -m magplus_jax.main` does, instead of a traceback."""
+  try:
+    return main()
+  except (ValueError, OSError, ImportError) as e:  # CheckpointMismatchError is a ValueError
+    msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    sys.exit(1)
 
 
 def strip_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict:

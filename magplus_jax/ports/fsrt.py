@@ -120,4 +120,5 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-  print(main())
+  from magplus_jax.ports.common import run_cli  # pylint: disable=g-import-not-at-top
+  print(run_cli(main, "magplus_jax.ports.fsrt"))

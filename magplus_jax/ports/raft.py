@@ -136,4 +136,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from magplus_jax.ports.common import run_cli  # pylint: disable=g-import-not-at-top
+  sys.exit(run_cli(main, "magplus_jax.ports.raft"))
