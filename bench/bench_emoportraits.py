@@ -1,0 +1,158 @@
+"""EMOPortraits (stage 1, 512 px, released config) on CPU: source-pass and per-frame time, peak memory.
+
+    .venv/bin/python bench/bench_emoportraits.py [--dtypes float32 bfloat16] [--chunk 1]
+        [--frames 3] [--reps 1] [--out bench/results/emoportraits.json]
+
+Weights: random, drawn directly in float32 with He scaling from the model's abstract parameter
+shapes (161 M model + 11 M head-pose parameters; BiSeNet is not used: mask="none"); speed does not
+depend on the values. The timed functions are the backbone's own jitted `prepare` (the source
+pass, once per clip) and `drive` (one chunk of driving frames), as `animate` streams them.
+first_call includes the XLA compile; the steady-state number is the best of --reps further calls.
+Each dtype runs in its own subprocess so that its peak RSS (ru_maxrss: host RAM, where CPU XLA
+keeps weights and activations) belongs to it alone. "bfloat16" casts the model (not the head-pose
+net) to bfloat16 compute; GroupNorm statistics and all sampling coordinates stay float32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def random_params(cfg) -> dict:
+  """He-scaled float32 weights shaped like the converted checkpoints (no float64 copies)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from magplus_jax.models.backbones import emoportraits as E  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    name = str(path[-1].key)
+    shape = leaf.shape
+    if name == "kernel":
+      return (rng.standard_normal(shape, dtype=np.float32)
+              * np.float32(np.sqrt(2.0 / np.prod(shape[:-1]))))
+    if name in ("scale", "var"):
+      # As the golden recipe: the norms before the scale-free warp / image heads set their
+      # output scale; 1.0 would saturate the sigmoid and the tanh.
+      keys = [str(getattr(p, "key", "")) for p in path]
+      small = ("head_norm" in keys and "decoder" in keys) or "pre_head_norm" in keys
+      return np.full(shape, 0.15 if small else 1.0, np.float32)
+    if name == "input_tensor":
+      return rng.standard_normal(shape, dtype=np.float32)
+    if name.startswith("proj_"):
+      return 0.01 * rng.standard_normal(shape, dtype=np.float32)
+    return np.zeros(shape, np.float32)
+
+  mods = E.abstract_modules(cfg)
+  out = {}
+  for part in ("model", "headpose"):
+    shapes = nnx.to_pure_dict(nnx.state(mods[part]))
+    out[part] = jax.tree_util.tree_map_with_path(draw, shapes)
+  out["bisenet"] = None
+  return out
+
+
+def child(dtype: str, chunk: int, frames: int, reps: int, out_dir: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from magplus_jax.models.backbones import emoportraits as E  # pylint: disable=g-import-not-at-top
+  cfg = E.EMOPortraitsConfig()
+  opts = E.Options(mask="none", chunk_size=chunk, dtype=dtype)
+  params = jax.tree.map(jnp.asarray, random_params(cfg))
+  if dtype != "float32":
+    params["model"] = jax.tree.map(lambda a: a.astype(dtype), params["model"])
+  rss_weights = _rss_gb()
+  _, prep, drv = E.make_animate(cfg, opts)
+  rng = np.random.default_rng(1)
+  img = lambda *s: jnp.asarray(rng.uniform(0, 1, s + (512, 512, 3)).astype(np.float32))
+  source, ref, driving = img(1), img(1), img(1, chunk)
+
+  def timed(fn, *args):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = jax.block_until_ready(fn(*args))
+    return out, (time.perf_counter() - t0, time.process_time() - c0)
+
+  state, src_first = timed(prep, params, source, ref)
+  src_times = [timed(prep, params, source, ref)[1] for _ in range(reps)]
+  rss_source = _rss_gb()
+  out, drv_first = timed(drv, params, state, driving)
+  drv_times = [timed(drv, params, state, driving)[1] for _ in range(max(reps, frames // chunk))]
+  out = np.asarray(out, np.float32)
+  assert np.isfinite(out).all()
+  np.save(os.path.join(out_dir, f"frame_{dtype}.npy"), out)
+  best = lambda ts: min(ts, key=lambda t: t[0])
+  return {"dtype": dtype, "chunk": chunk, "device": str(jax.devices()[0]),
+          "source_first_call_s": src_first[0], "source_s": best(src_times)[0],
+          "source_cpu_s": best(src_times)[1],
+          "drive_first_call_s": drv_first[0], "drive_chunk_s": best(drv_times)[0],
+          "per_frame_s": best(drv_times)[0] / chunk, "per_frame_cpu_s": best(drv_times)[1] / chunk,
+          "unsaturated_fraction": float(np.mean((out > 0.01) & (out < 0.99))),
+          "rss_after_weights_gb": rss_weights, "rss_after_source_gb": rss_source,
+          "peak_rss_gb": _rss_gb(), "cpu_count": os.cpu_count(),
+          "load_avg": os.getloadavg()}
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+  ap.add_argument("--chunk", type=int, default=1, help="driving frames per drive call")
+  ap.add_argument("--frames", type=int, default=2, help="frames timed after the first call")
+  ap.add_argument("--reps", type=int, default=1)
+  ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "emoportraits.json"))
+  ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+  ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
+  a = ap.parse_args(argv)
+  if a.child:
+    print("RESULT " + json.dumps(child(a.child, a.chunk, a.frames, a.reps, a.tmp)), flush=True)
+    return
+  results = []
+  tmp = tempfile.mkdtemp(prefix="bench_emoportraits_")
+  for dtype in a.dtypes:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", dtype, "--chunk", str(a.chunk),
+           "--frames", str(a.frames), "--reps", str(a.reps), "--tmp", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+      print(f"{dtype}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+      continue
+    res = json.loads(line[-1][len("RESULT "):])
+    results.append(res)
+  print("wall seconds (CPU seconds of the process in brackets; on a shared machine the CPU time is "
+        "the steadier number)")
+  print(f"{'dtype':9s} {'chunk':>5s} {'source 1st':>10s} {'source':>16s} {'frame 1st':>10s} "
+        f"{'per frame':>16s} {'peak RSS':>9s}")
+  for r in results:
+    print(f"{r['dtype']:9s} {r['chunk']:5d} {r['source_first_call_s']:9.1f}s "
+          f"{r['source_s']:7.1f}s [{r['source_cpu_s']:6.1f}] {r['drive_first_call_s']:9.1f}s "
+          f"{r['per_frame_s']:7.1f}s [{r['per_frame_cpu_s']:6.1f}] {r['peak_rss_gb']:8.2f}G")
+  frames = {d: os.path.join(tmp, f"frame_{d}.npy") for d in a.dtypes}
+  if "float32" in frames and all(os.path.isfile(f) for f in frames.values()):
+    ref = np.load(frames["float32"])
+    for r in results:
+      r["max_abs_diff_vs_float32"] = float(np.abs(np.load(frames[r["dtype"]]) - ref).max())
+      print(f"{r['dtype']}: max |frame - float32 frame| = {r['max_abs_diff_vs_float32']:.3g}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(os.path.dirname(a.out), exist_ok=True)
+  with open(a.out, "w") as f:
+    json.dump({"benchmark": "emoportraits_512_cpu", "results": results}, f, indent=1)
+  print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,43 @@
+"""Generation evaluation: the whole pipeline on procedural micro clips whose motion is exact.
+
+  python -m magplus_jax.evaluate_generation --config configs/evaluate_generation.py --workdir W \
+      [--config.generate.magplus_checkpoint=runs/magplus --config.generate.demag_checkpoint=runs/demag]
+      [--config.evaluate_generation.num_clips=16] [--config.generate.alpha=8]
+      [--config.backbone.name=fomm --config.backbone.checkpoint=converted/fomm --config.backbone.image_size=256]
+
+Everything of configs/generate.py (backbone, flow, magnifier checkpoints, alpha calibration, chunk)
+applies; magnifiers missing from the config are taken from / trained into <workdir>/magplus and
+<workdir>/demag exactly as `generate` does. arg = backbone name. Metrics: magplus_jax/evaluate_generation.py.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _generate_config(arg):
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "generate.py")
+  spec = importlib.util.spec_from_file_location("_magplus_generate_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg=None):
+  config = _generate_config(arg)
+  config.mode = "evaluate_generation"
+  config.evaluate_generation = ml_collections.ConfigDict(dict(
+      num_clips=8,
+      num_frames=16,
+      # procedural clips (data_pipelines/micro_clips.py); seeds: config.seed, index 0..num_clips-1
+      faces=("astronaut", "grace_hopper"),
+      micro_amplitude_px=(0.1, 1.0),
+      max_aus=2,
+      # "other": the other bundled face photo (cross identity, the use case); "same": the driver's
+      # frame 0 (self reenactment); or a path to a face photo.
+      source="other",
+      # magplus, backbone (identity magnifiers: the baseline), eulerian, phase
+      methods=("magplus", "backbone"),
+      face_metrics=True,    # dlib landmarks + identity when dlib is installed (else logged, skipped)
+      out="evaluate_generation"))  # <workdir>/<out>.json and .md
+  return config
