@@ -254,8 +254,11 @@ def _main(argv):
   for topology in f.topology:
     cfg = ml_collections.ConfigDict(config.to_dict())
     if f.per_device_batch:
-      devices = topology_devices(topology, f.num_slices)
-      mesh = sharding.make_mesh(cfg.mesh, devices=devices)
+      try:
+        mesh = sharding.make_mesh(cfg.mesh, devices=topology_devices(topology, f.num_slices))
+      except (ValueError, ImportError) as e:
+        print(f"aot_check: {e}", file=sys.stderr)
+        sys.exit(2)
       cfg.batch_size = f.per_device_batch * int(
           np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
     hlo_path = (os.path.join(f.hlo_dir, topology.replace(":", "_") + ".hlo.txt")
@@ -263,7 +266,11 @@ def _main(argv):
     if f.hlo_dir:
       os.makedirs(f.hlo_dir, exist_ok=True)
     print(f"compiling the {f.step} step for {topology} (slices {f.num_slices}) ...", flush=True)
-    reports.append(aot_compile(cfg, topology, f.num_slices, f.step, hlo_path))
+    try:
+      reports.append(aot_compile(cfg, topology, f.num_slices, f.step, hlo_path))
+    except (ValueError, ImportError) as e:
+      print(f"aot_check: {e}", file=sys.stderr)
+      sys.exit(2)
   print(format_table(reports))
   if f.out:
     with open(f.out, "w") as fh:

@@ -54,6 +54,8 @@ UNVALIDATED = {
 
 def pytest_collection_modifyitems(config, items):
   import pytest  # pylint: disable=g-import-not-at-top
+  if os.environ.get("MAGPLUS_RUN_UNVALIDATED"):  # set while a session validates these files
+    return
   for item in items:
     reason = UNVALIDATED.get(os.path.basename(str(item.fspath)))
     if reason:
