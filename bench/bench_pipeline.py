@@ -1,7 +1,7 @@
 """Speed and peak memory of the whole generation pipeline (generate.run_pipeline).
 
     .venv/bin/python bench/bench_pipeline.py [--cases warp128 warp256 fomm256] [--frames 16]
-        [--chunk 8] [--reps 2] [--model default|flowmag] [--out results.json]
+        [--chunk 8] [--reps 2] [--model default|flowmag] [--out bench/results/pipeline.json]
 
 What is timed: `run_pipeline(source, driving, alpha, MagPlus, backbone, DeMagPlus, chunk)` on one
 clip of --frames frames (MagPlus and DeMagPlus are the U-Net of configs/default.py, or FlowMag's
@@ -61,6 +61,19 @@ def _fomm_backbone():
   return Backbone(name="fomm", params=params, animate=animate, image_size=256)
 
 
+def _chunk_flops(compiled: dict, mag, backbone, demag, source, driving, chunk: int) -> float | None:
+  """XLA's FLOP count of one jitted chunk call (magnify -> animate -> attenuate), per frame."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  (fn,) = compiled.values()
+  src = jnp.asarray(source)[None]
+  d_ref = jnp.asarray(driving[:1])
+  part = jnp.asarray(driving[1:1 + chunk])[None]
+  cost = fn.lower(mag.params, backbone.params, demag.params, src, d_ref, part, src,
+                  jnp.full((1,), 4.0, jnp.float32)).compile().cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost["flops"]) / chunk if "flops" in cost else None
+
+
 def run_case(case: str, frames: int, chunk: int, reps: int, model: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -106,12 +119,13 @@ def run_case(case: str, frames: int, chunk: int, reps: int, model: str) -> dict:
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
   assert np.isfinite(out["output"]).all(), "non-finite pipeline output"
+  flops = _chunk_flops(compiled, mag, backbone, demag, source, driving, chunk)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   return {"case": case, "backbone": backbone.name, "image_size": size, "frames": frames,
           "chunk": chunk, "model": model, "device": str(dev), "first_call_s": first,
           "best_s": min(times), "frames_per_s": frames / min(times),
-          "cpu_s_per_frame": min(cpu) / frames,
+          "cpu_s_per_frame": min(cpu) / frames, "flops_per_frame": flops,
           "device_peak_bytes": stats.get("peak_bytes_in_use")}
 
 
@@ -125,16 +139,17 @@ def child(args) -> None:
 
 
 def format_table(results: list[dict]) -> str:
-  lines = ["| case | device | frames/s | best s/clip | CPU s/frame | first call s | peak RSS MiB | "
-           "device peak MiB |", "|---|---|---|---|---|---|---|---|"]
+  lines = ["| case | device | frames/s | best s/clip | CPU s/frame | GFLOP/frame | first call s | "
+           "peak RSS MiB | device peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     if "skipped" in r or "failed" in r:
-      lines.append(f"| {r['case']} | {r.get('skipped') or r.get('failed')} | | | | | | |")
+      lines.append(f"| {r['case']} | {r.get('skipped') or r.get('failed')} | | | | | | | |")
       continue
     dev = r.get("device_peak_bytes")
     dev = f"{dev / 2**20:.0f}" if dev else "-"
+    gf = f"{r['flops_per_frame'] / 1e9:.2f}" if r.get("flops_per_frame") else "-"
     lines.append(f"| {r['case']} | {r['device']} | {r['frames_per_s']:.2f} | {r['best_s']:.2f} | "
-                 f"{r.get('cpu_s_per_frame', float('nan')):.2f} | {r['first_call_s']:.1f} | "
+                 f"{r.get('cpu_s_per_frame', float('nan')):.2f} | {gf} | {r['first_call_s']:.1f} | "
                  f"{r['peak_rss_mib']:.0f} | {dev} |")
   return "\n".join(lines)
 
@@ -146,7 +161,8 @@ def main() -> None:
   parser.add_argument("--chunk", type=int, default=8)
   parser.add_argument("--reps", type=int, default=2)
   parser.add_argument("--model", default="default", choices=("default", "flowmag"))
-  parser.add_argument("--out", default=None, help="write the results as JSON here")
+  parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "pipeline.json"),
+                      help="write the results as JSON here ('' = none)")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--case", default="warp128", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -170,6 +186,7 @@ def main() -> None:
     print(f"{case}: {json.dumps(results[-1])}")
   print(format_table(results))
   if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
       json.dump({"load_average": os.getloadavg(), "cpus": os.cpu_count(), "results": results}, f,
                 indent=1)

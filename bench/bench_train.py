@@ -1,6 +1,7 @@
 """Train-step throughput and memory: the real MagPlus step, and a U-Net-only step vs PyTorch.
 
-  python bench/bench_train.py [--sizes 64,256] [--batch 8] [--steps 10] [--torch] [--out F.json]
+  python bench/bench_train.py [--sizes 64,256] [--batch 8] [--steps 10] [--torch]
+      [--out bench/results/train.json]
 
 For each size: the full train step of configs/default.py at that resolution (magnifier + two
 passes of the flow network + losses + Adam), examples/s after compilation, FLOPs per example from
@@ -99,13 +100,17 @@ def bench_unet_jax(size: int, batch: int, steps: int) -> dict:
   x = jnp.asarray(rng.random((batch, size, size, 3), np.float32))
   a = jnp.full((batch,), 4.0)
 
-  @jax.jit
   def step(params, opt):
     def loss(p):
       return jnp.mean(jnp.abs(nnx.merge(graphdef, p, rest)(x, x, a, train=True) - x))
     l, g = jax.value_and_grad(loss)(params)
     u, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, u), opt, l
+  t0 = time.perf_counter()
+  step = jax.jit(step).lower(params, opt).compile()
+  compile_s = time.perf_counter() - t0
+  cost = step.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, list) else cost
   params, opt, l = step(params, opt)
   jax.block_until_ready(l)
   t0 = time.perf_counter()
@@ -114,7 +119,9 @@ def bench_unet_jax(size: int, batch: int, steps: int) -> dict:
   jax.block_until_ready(l)
   dt = (time.perf_counter() - t0) / steps
   return {"case": f"unet_jax_{size}", "size": size, "batch": batch, "step_s": dt,
-          "examples_per_s": batch / dt, "peak_memory_bytes": _peak_memory_bytes()}
+          "examples_per_s": batch / dt, "compile_s": compile_s,
+          "flops_per_example": float(cost.get("flops", 0.0)) / batch,
+          "peak_memory_bytes": _peak_memory_bytes(), "device": jax.devices()[0].device_kind}
 
 
 def bench_unet_torch(size: int, batch: int, steps: int) -> dict:
@@ -168,13 +175,17 @@ def bench_unet_torch(size: int, batch: int, steps: int) -> dict:
     loss.backward()
     opt.step()
     return loss
-  step()
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+  with FlopCounterMode(display=False) as counter:  # forward + backward, as XLA counts the step
+    step()
   t0 = time.perf_counter()
   for _ in range(steps):
     step()
   dt = (time.perf_counter() - t0) / steps
   return {"case": f"unet_torch_{size}", "size": size, "batch": batch, "step_s": dt,
           "examples_per_s": batch / dt, "torch_threads": torch.get_num_threads(),
+          "flops_per_example": float(counter.get_total_flops()) / batch,
+          "torch": torch.__version__,
           "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
@@ -187,13 +198,16 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--torch", action="store_true", help="also run the U-Net-only JAX vs PyTorch pair")
-  p.add_argument("--out", default="")
+  p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train.json"),
+                 help="JSON results ('' = none)")
   p.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:  # one case in a fresh process, so its peak memory is its own
     name, size = args.child.split(":")
     print(json.dumps(CASES[name](int(size), args.batch, args.steps)))
     return
+  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, batch {args.batch}, "
+        f"{args.steps} timed steps")
   rows = []
   for size in (int(s) for s in args.sizes.split(",")):
     names = ["full"] + (["unet_jax", "unet_torch"] if args.torch else [])
@@ -210,17 +224,21 @@ def main():
     j, t = by_case.get(f"unet_jax_{size}"), by_case.get(f"unet_torch_{size}")
     if j and t:
       rows.append({"case": f"ratio_unet_{size}", "jax_over_torch_examples_per_s":
-                   j["examples_per_s"] / t["examples_per_s"]})
+                   j["examples_per_s"] / t["examples_per_s"],
+                   "jax_over_torch_flops": j["flops_per_example"] / max(t["flops_per_example"], 1)})
   print(f"{'case':<20} {'ex/s':>9} {'step ms':>9} {'GFLOP/ex':>9} {'peak MiB':>9}")
   for r in rows:
     if "examples_per_s" in r:
       print(f"{r['case']:<20} {r['examples_per_s']:9.2f} {1e3 * r['step_s']:9.1f} "
             f"{r.get('flops_per_example', 0) / 1e9:9.3f} {r['peak_memory_bytes'] / 2**20:9.0f}")
     else:
-      print(f"{r['case']:<20} jax/torch = {r['jax_over_torch_examples_per_s']:.2f}")
+      print(f"{r['case']:<20} jax/torch examples/s = {r['jax_over_torch_examples_per_s']:.2f} "
+            f"(FLOP count ratio {r['jax_over_torch_flops']:.2f})")
   if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-      json.dump(rows, f, indent=2)
+      json.dump({"load_average": os.getloadavg(), "cpus": os.cpu_count(), "steps": args.steps,
+                 "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

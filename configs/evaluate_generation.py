@@ -36,7 +36,8 @@ def get_config(arg=None):
       # "other": the other bundled face photo (cross identity, the use case); "same": the driver's
       # frame 0 (self reenactment); or a path to a face photo.
       source="other",
-      # magplus, backbone (identity magnifiers: the baseline), eulerian, phase
+      # magplus, backbone (identity magnifiers: the baseline), eulerian, phase, linear (analytic
+      # first-order reference)
       methods=("magplus", "backbone"),
       face_metrics=True,    # dlib landmarks + identity when dlib is installed (else logged, skipped)
       out="evaluate_generation"))  # <workdir>/<out>.json and .md

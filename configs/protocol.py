@@ -4,9 +4,9 @@
       [--config.protocol.checkpoint=runs/magplus] [--config.protocol.image_size=128 \
        --config.protocol.num_pairs=16]
 
-Scores identity, Eulerian, phase-based (luma and YIQ) and the MagPlus network (trained, from
-config.protocol.checkpoint, and untrained, the same architecture freshly initialised) by SSIM
-against the exactly magnified frame on a sub-pixel sweep and a noise sweep. Writes
+Scores identity, Eulerian, phase-based (luma and YIQ) and the MagPlus network (trained: from
+config.protocol.checkpoint, else <workdir>/magplus or <workdir> when they hold a checkpoint;
+untrained: the same architecture freshly initialised) by SSIM against the exactly magnified frame on a sub-pixel sweep and a noise sweep. Writes
 W/synthetic_protocol.{md,json} and W/synthetic_protocol_{subpixel,noise}.png.
 
 Defaults run in a few minutes on 2 CPU cores (64 px, 8 pairs per point); the published protocol
@@ -27,7 +27,9 @@ def get_config(arg=None):
   if arg not in (None, "", "full"):
     raise ValueError(f"configs/protocol.py:{arg}: the only argument is 'full'")
   config.protocol = ml_collections.ConfigDict(dict(
-      checkpoint="",                  # trained MagPlus (a training workdir); "" = not scored
+      checkpoint="",                  # trained MagPlus (a training workdir); "" = <workdir>/magplus
+                                      # or <workdir> if they hold one, else not scored
+      max_repeats=2,                  # MagPlus applications per frame for alpha > alpha_max
       magnifiers=("identity", "eulerian", "phase", "phase_yiq", "magplus", "untrained"),
       tests=("subpixel", "noise"),
       # ProtocolSpec fields (magplus_jax/synthetic_protocol.py)

@@ -67,8 +67,9 @@ def alpha_range(config) -> tuple[float, float]:
 
 def validate(config) -> None:
   """Raises ValueError naming the field for values that would otherwise fail deep inside a run."""
-  if config.mode not in ("train", "evaluate", "generate"):
-    raise ValueError(f"config.mode={config.mode!r}: choose train, evaluate or generate")
+  modes = ("train", "evaluate", "generate", "protocol", "evaluate_generation")
+  if config.mode not in modes:
+    raise ValueError(f"config.mode={config.mode!r}: choose one of {modes}")
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}: choose one of {TASKS}")
   a = config.data.alpha_max

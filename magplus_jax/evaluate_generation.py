@@ -8,7 +8,10 @@ by `generate.run_pipeline` once per method:
   * "magplus":  MagPlus(alpha) -> backbone -> DeMagPlus(1/alpha)   (the method);
   * "backbone": the backbone alone on the raw micro driver (identity magnifiers), the baseline
     MagPlus must beat: a macro backbone tends to lose or distort sub-pixel motion;
-  * "eulerian", "phase" (optional): the classical magnifiers in both roles.
+  * "eulerian", "phase" (optional): the classical magnifiers in both roles;
+  * "linear" (optional, analytic reference): I_0 + alpha (I_t - I_0) in both roles, the first-order
+    (Taylor) magnifier with no temporal filter: near-exact for smooth sub-pixel motion, so it shows
+    what the pipeline gives with a magnifier/attenuator pair that works, independent of training.
 alpha is fixed (config.generate.alpha > 0) or calibrated per clip as `generate` does it.
 
 Scores per method (motion always measured with config.flow, relative to frame 0, as metrics.py does):
@@ -33,13 +36,21 @@ Scores per method (motion always measured with config.flow, relative to frame 0,
     IS the backbone's rest frame, so that comparison is exact by construction. What it was meant
     to catch is reported per clip as rest_psnr / rest_ssim: output frame 0 against the source photo
     (the backbone's alteration of the face at rest; high for warp, which is the identity at rest).
+  * src_ssim (always; JAX only): mean SSIM of the output frames against the source photo, an
+    appearance-preservation proxy that needs no face model (the "driver" row: the driver's frame 0
+    against the source, i.e. the level of another face in the default cross-identity setting).
+    Micro motion lowers it only slightly; a backbone that alters the face lowers it a lot.
   * id_dist (dlib, optional): mean distance of the output frames' 128-d face embeddings to the
     source's (< 0.6: same person for dlib); the "driver" row is the driver face's distance (another
     person in the default cross-identity setting).
   * lm68_ratio / lm68_corr (dlib, optional): the 68-point landmarks' mean displacement from frame
     0, peak over frames relative to the driver's, and the curves' correlation. dlib's landmarks
     jitter by a good fraction of a pixel, so at micro amplitudes these are coarse; the exact
-    landmarks above are the precise measure.
+    landmarks above are the precise measure. (Face-mesh landmarks through mediapipe are not used:
+    mediapipe 0.10.21, the last release shipping the mesh models, needs protobuf < 5, which cannot
+    be installed beside tensorflow 2.21; see face_metrics.py.)
+When dlib or its models are absent, id_dist and lm68_* are left out ("-" in the table), the log
+and the table's header say why, and src_ssim remains as the identity proxy.
 Results: <workdir>/<out>.json (per clip and mean over clips) and <out>.md (the table).
 """
 from __future__ import annotations
@@ -61,11 +72,21 @@ from magplus_jax.models import resample
 from magplus_jax.models.backbones import get_backbone
 from magplus_jax.models.flow import get_flow
 
-METHODS = ("magplus", "backbone", "eulerian", "phase")
+METHODS = ("magplus", "backbone", "eulerian", "phase", "linear")
 REFERENCE_ROWS = ("driver", "static")
 TABLE_KEYS = ("ratio_p95", "ratio_mean", "corr", "lm_ratio", "lm_gain", "lm_err_px", "psnr",
-              "ssim", "id_dist", "lm68_ratio")
+              "ssim", "src_ssim", "id_dist", "lm68_ratio", "lm68_corr")
 INVERSE_ITERS = 8
+
+
+def _linear(params, frames, alpha):
+  """frames [B, T, H, W, 3] -> I_0 + alpha (I_t - I_0), clipped to [0, 1]."""
+  del params
+  a = magnifiers_lib.broadcast_alpha(alpha, frames)
+  return jnp.clip(frames[:, :1] + a * (frames - frames[:, :1]), 0.0, 1.0)
+
+
+LINEAR = magnifiers_lib.Magnifier("linear", {}, _linear)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -169,6 +190,12 @@ def _fidelity(frames: np.ndarray, ideal: np.ndarray) -> dict:
   return {"psnr": float(_psnr(stack(x), stack(y))), "ssim": float(_ssim(x, y))}
 
 
+def _source_ssim(frames: np.ndarray, source: np.ndarray) -> float:
+  """Mean SSIM of frames [T, H, W, 3] against the source photo [H, W, 3]."""
+  x = jnp.asarray(frames)
+  return float(_ssim(x, jnp.broadcast_to(jnp.asarray(source)[None], x.shape)))
+
+
 def _face_scores(face, frames, source, drv_lm68_curve) -> dict:
   if face is None:
     return {}
@@ -198,7 +225,8 @@ def evaluate_clip(clip, source: np.ndarray, methods: dict, alpha: float, backbon
   _, exact_p95 = (np.asarray(x) for x in _intensity_curve(jnp.asarray(clip.flows)))
   drv_lm68 = face_metrics.landmark_motion(face.landmarks(driver)) if face is not None else None
   rows = {"driver": {"peak_p95_px": float(drv_p95.max()), "ratio_p95": 1.0, "ratio_mean": 1.0,
-                     "corr": 1.0, **landmark_scores(drv_lm, exact, drv_lm)}}
+                     "corr": 1.0, **landmark_scores(drv_lm, exact, drv_lm),
+                     "src_ssim": _source_ssim(driver[:1], source)}}
   if face is not None:
     rows["driver"]["id_dist"] = float(face_metrics.identity_distance(face, driver[:1], source)[0])
     rows["driver"]["lm68_peak_px"] = float(drv_lm68.max())
@@ -223,6 +251,7 @@ def evaluate_clip(clip, source: np.ndarray, methods: dict, alpha: float, backbon
         "corr": pearson(p95, drv_p95), "corr_mean": pearson(mean, drv_mean),
         **landmark_scores(sample_at(out_flows, points), exact, drv_lm),
         **_fidelity(out, ideal),
+        "src_ssim": _source_ssim(out, source),
         "magnified_ratio": _ratio(peaks["magnified"], drv_p95.max()),
         "generated_ratio": _ratio(peaks["generated"], drv_p95.max()),
         **_face_scores(face, out, source, drv_lm68)}
@@ -290,6 +319,8 @@ def _method_factory(config, workdir: str):
   for name in ev.methods:
     if name == "backbone":
       fixed[name] = (magnifiers_lib.IDENTITY, magnifiers_lib.IDENTITY)
+    elif name == "linear":
+      fixed[name] = (LINEAR, LINEAR)
     elif name in ("eulerian", "phase"):
       m = magnifiers_lib.get_magnifier(ml_collections.ConfigDict({"name": name}))
       fixed[name] = (m, m)
@@ -378,18 +409,26 @@ def write_results(workdir: str, out: str, result: dict) -> dict[str, str]:
   paths = {"json": os.path.join(workdir, out + ".json"), "markdown": os.path.join(workdir, out + ".md")}
   alphas = [c["clip"]["alpha"] for c in result["clips"]]
   rest = [c["clip"]["rest_psnr"] for c in result["clips"]]
+  rest_ssim = [c["clip"]["rest_ssim"] for c in result["clips"]]
+  if result["face_metrics"] == "dlib":
+    faces = ("id_dist: dlib 128-d face embedding distance to the source (< 0.6 same person); "
+             "lm68_*: dlib 68-point landmark motion, peak ratio to the driver's and correlation.")
+  else:
+    faces = (f"Face models unavailable ({result['face_metrics']}): id_dist and lm68_* are not "
+             "measured; src_ssim is the JAX-only identity proxy.")
   text = "\n".join([
       f"## Generation on procedural micro clips ({result['num_clips']} clips x "
       f"{result['num_frames']} frames, {result['image_size']} px)", "",
       f"backbone `{result['backbone']}`, flow `{result['flow']}`; magnifiers: {result['magnifiers']}; "
-      f"alpha {min(alphas):.2f}-{max(alphas):.2f}; backbone rest frame vs source: "
-      f"{np.mean(rest):.1f} dB; face metrics: {result['face_metrics']}.", "",
+      f"alpha {min(alphas):.2f}-{max(alphas):.2f}; first output frame (the backbone's rest frame, "
+      f"the same for every method) vs source: PSNR {np.mean(rest):.1f} dB, SSIM "
+      f"{np.mean(rest_ssim):.4f}.", "",
       format_table(result["summary"]), "",
       "Means over clips. ratio_*: output / driver motion (1 keeps the intensity); corr: per-frame "
-      "motion curves; lm_*: motion at the AU centres (exact landmarks; gain 1 = exact amplitude); "
-      "psnr/ssim: against the rest frame moved by the exact motion (`static` = no motion); "
-      "id_dist: dlib embedding distance to the source (< 0.6 same person). Definitions: "
-      "magplus_jax/evaluate_generation.py.", ""])
+      "motion curves (p95); lm_*: motion at the AU centres (exact landmarks; gain 1 = exact "
+      "amplitude); psnr/ssim: against the rest frame moved by the exact motion (`static` = no "
+      "motion); src_ssim: output frames vs the source photo (`driver`: another face). " + faces +
+      " Definitions: magplus_jax/evaluate_generation.py.", ""])
   for key, path in paths.items():
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

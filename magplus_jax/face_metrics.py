@@ -7,7 +7,8 @@ Why dlib: it is the one pip-installable face toolkit found to run beside this pr
     68 points; its training data is licensed for non-commercial use) and
     `dlib_face_recognition_resnet_model_v1.dat` (128-d identity embedding; two photos of one person
     are typically < 0.6 apart, dlib's own threshold).
-  `pip install dlib-bin face-recognition-models` (no other dependencies are needed). The model
+  `pip install -e ".[faces]"` (the project's optional extra: dlib-bin, face-recognition-models;
+  no other dependencies are needed). The model
   files are located with importlib without importing `face_recognition_models` (its __init__ needs
   setuptools' pkg_resources, which a modern environment may lack).
 mediapipe 0.10.21 (the last release shipping face-mesh models) pins protobuf < 5, which cannot
@@ -111,12 +112,12 @@ def load() -> tuple[DlibFace | None, str]:
   try:
     import dlib  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return None, ("dlib is not installed (`pip install dlib-bin face-recognition-models`); "
-                  "face landmark and identity metrics skipped")
+    return None, ("dlib is not installed (`pip install -e '.[faces]'`, i.e. dlib-bin and "
+                  "face-recognition-models); face landmark and identity metrics skipped")
   models = _model_dir()
   if models is None:
-    return None, ("face-recognition-models is not installed (`pip install "
-                  "face-recognition-models`); face landmark and identity metrics skipped")
+    return None, ("face-recognition-models is not installed (`pip install -e '.[faces]'`); "
+                  "face landmark and identity metrics skipped")
   paths = [os.path.join(models, name) for name in (LANDMARK_MODEL, IDENTITY_MODEL)]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:

@@ -1,11 +1,14 @@
 """python -m magplus_jax.main --config configs/<name>.py[:arg] --workdir DIR [--config.x=y ...]
 
-config.mode picks the job: train (train.py), evaluate (evaluate.py) or generate (generate.py).
+config.mode picks the job (MODES): train (train.py), evaluate (evaluate.py), generate
+(generate.py), protocol (protocol_main.py: the synthetic magnification protocol) or
+evaluate_generation (evaluate_generation.py: the pipeline against the backbone alone).
 Bad input (unknown config keys, wrong values, missing or corrupt files, a checkpoint of another
 model, alpha <= 0) ends with one line naming the thing and the problem, and a non-zero exit status
 (2 for the command line, 1 for the job); --debug shows the traceback instead.
 """
 import ast
+import importlib
 import sys
 
 from absl import app, flags, logging
@@ -15,6 +18,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and outputs.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
+
+# config.mode -> (module of magplus_jax, its job function(config, workdir)).
+MODES = {"train": ("train", "train_and_evaluate"), "evaluate": ("evaluate", "evaluate"),
+         "generate": ("generate", "generate"), "protocol": ("protocol_main", "protocol"),
+         "evaluate_generation": ("evaluate_generation", "evaluate_generation")}
 
 # Exceptions that mean "the input is wrong", reported in one line.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError)
@@ -69,17 +77,10 @@ def main(argv):
   if not _WORKDIR.value:
     _fail("bad command line: ", ValueError("--workdir is required"), 2)
   try:
-    if config.mode == "train":
-      from magplus_jax import train  # pylint: disable=g-import-not-at-top
-      train.train_and_evaluate(config, _WORKDIR.value)
-    elif config.mode == "evaluate":
-      from magplus_jax import evaluate  # pylint: disable=g-import-not-at-top
-      evaluate.evaluate(config, _WORKDIR.value)
-    elif config.mode == "generate":
-      from magplus_jax import generate  # pylint: disable=g-import-not-at-top
-      generate.generate(config, _WORKDIR.value)
-    else:
-      raise ValueError(f"config.mode={config.mode!r}: choose train, evaluate or generate")
+    if config.mode not in MODES:
+      raise ValueError(f"config.mode={config.mode!r}: choose one of {sorted(MODES)}")
+    module, function = MODES[config.mode]
+    getattr(importlib.import_module(f"magplus_jax.{module}"), function)(config, _WORKDIR.value)
   except USER_ERRORS as e:
     if _DEBUG.value:
       raise

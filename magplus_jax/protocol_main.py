@@ -7,18 +7,24 @@ Builds the magnifiers named in config.protocol.magnifiers and runs `synthetic_pr
 and `write_report` into the workdir (synthetic_protocol.md / .json, one PNG per sweep):
   * "identity", "eulerian", "phase": magnifiers.get_magnifier defaults;
   * "phase_yiq": phase-based with color_mode="yiq" (all three channels magnified);
-  * "magplus": the trained network from config.protocol.checkpoint; skipped with a warning when no
-    checkpoint is given (listed in the JSON's "skipped");
+  * "magplus": the trained network. Its checkpoint is config.protocol.checkpoint, else the first of
+    <workdir>/magplus and <workdir> that holds a training checkpoint (so the command can run in the
+    workdir `generate` or `train` wrote); with none of them it is skipped with a warning and listed
+    in the JSON's "skipped";
   * "untrained": the same network (config.model) freshly initialised: what training must beat.
-MagPlus is applied once per alpha (repeats=1); the protocol's alphas (10 to 250) are far beyond the
-network's training range [1, config.data.alpha_max], which is part of what the protocol measures
-(FlowMag reports the same protocol for its network).
+The protocol's alphas (10 to 250) lie beyond the network's training range [1, config.data.alpha_max];
+as `generate` does, the network is applied k = ceil(log alpha / log alpha_max) times with
+alpha**(1/k) each, k capped at config.protocol.max_repeats (1 = a single application at the full
+alpha). k is chosen inside the jitted function from the batch's alpha (one compile per sweep).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -29,39 +35,86 @@ from magplus_jax.models import magnifiers as magnifiers_lib
 MAGNIFIERS = ("identity", "eulerian", "phase", "phase_yiq", "magplus", "untrained")
 
 
+def _has_checkpoint(d: str) -> bool:
+  ckpts = os.path.join(d, "checkpoints")
+  return os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
+
+
+def find_checkpoint(config, workdir: str) -> tuple[str, str]:
+  """(trained MagPlus directory or "", where it came from / why there is none)."""
+  given = config.protocol.checkpoint
+  if given:
+    return given, f"config.protocol.checkpoint={given}"
+  for d in (os.path.join(workdir, "magplus"), workdir):
+    if _has_checkpoint(d):
+      return d, f"found in {d}"
+  return "", (f"no config.protocol.checkpoint and no checkpoint in {workdir}/magplus or "
+              f"{workdir}")
+
+
 def _network(config, checkpoint: str, label: str) -> magnifiers_lib.Magnifier:
-  return magnifier_lib.build(ml_collections.ConfigDict(dict(
+  """The MagPlus network, applied 1..max_repeats times depending on alpha (module docstring)."""
+  max_repeats = int(config.protocol.max_repeats)
+  alpha_max = float(config.data.alpha_max)
+  builds = [magnifier_lib.build(ml_collections.ConfigDict(dict(
       name="magplus", model=config.model.to_dict(), checkpoint=checkpoint, seed=config.seed,
-      label=label, repeats=1)))
+      label=label, repeats=k))) for k in range(1, max_repeats + 1)]
+  if max_repeats == 1:
+    return builds[0]
+  fns = [b.magnify_clip for b in builds]
+
+  def magnify_clip(variables, frames, alpha):
+    a = jnp.max(jnp.maximum(alpha, 1.0 / alpha))
+    k = jnp.ceil(jnp.log(a) / math.log(alpha_max) - 1e-6).astype(jnp.int32)
+    k = jnp.clip(k, 1, max_repeats)
+    return jax.lax.switch(k - 1, fns, variables, frames, alpha)
+
+  return magnifiers_lib.Magnifier(label, builds[0].params, magnify_clip)
 
 
-def build_magnifiers(config) -> tuple[dict, list[str]]:
-  """({label: Magnifier}, [skipped labels with the reason])."""
+def build_magnifiers(config, workdir: str = "") -> tuple[dict, list[str], str]:
+  """({label: Magnifier}, [skipped labels with the reason], trained checkpoint dir or "")."""
   pc = config.protocol
   bad = [m for m in pc.magnifiers if m not in MAGNIFIERS]
   if bad or not pc.magnifiers:
     raise ValueError(f"config.protocol.magnifiers={tuple(pc.magnifiers)}: choose from {MAGNIFIERS}")
-  mags, skipped = {}, []
+  if int(pc.max_repeats) < 1:
+    raise ValueError(f"config.protocol.max_repeats={pc.max_repeats}: must be >= 1")
+  mags, skipped, ckpt = {}, [], ""
   for name in pc.magnifiers:
     if name == "phase_yiq":
       mags[name] = magnifiers_lib.get_magnifier(
           ml_collections.ConfigDict(dict(name="phase", color_mode="yiq")))
     elif name == "magplus":
-      if not pc.checkpoint:
-        skipped.append("magplus: no config.protocol.checkpoint")
-        logging.warning("no config.protocol.checkpoint: the trained MagPlus is not scored")
+      ckpt, where = find_checkpoint(config, workdir)
+      if not ckpt:
+        skipped.append(f"magplus: {where}")
+        logging.warning("the trained MagPlus is not scored: %s", where)
         continue
-      mags[name] = _network(config, pc.checkpoint, "magplus")
+      logging.info("trained MagPlus: %s", where)
+      mags[name] = _network(config, ckpt, "magplus")
     elif name == "untrained":
       mags[name] = _network(config, "", "untrained")
     else:
       mags[name] = magnifiers_lib.get_magnifier(ml_collections.ConfigDict(dict(name=name)))
-  return mags, skipped
+  return mags, skipped, ckpt
 
 
 def spec_from_config(config) -> synthetic_protocol.ProtocolSpec:
+  skip = ("checkpoint", "magnifiers", "tests", "max_repeats")
   return synthetic_protocol.ProtocolSpec.from_config(
-      {k: v for k, v in config.protocol.items() if k not in ("checkpoint", "magnifiers", "tests")})
+      {k: v for k, v in config.protocol.items() if k not in skip})
+
+
+def _header(results: dict) -> str:
+  lines = ["## Synthetic magnification protocol (Oh et al. 2018)", "",
+           "`python -m magplus_jax.protocol_main --config configs/protocol.py --workdir W`; "
+           "magnifiers: " + ", ".join(results["magnifiers"]) + "."]
+  if results["checkpoint"]:
+    lines.append(f"Trained MagPlus: `{results['checkpoint']}`, applied up to "
+                 f"{results['max_repeats']} time(s) per frame (alpha**(1/k) each).")
+  lines += [f"Not scored: {s}." for s in results["skipped"]]
+  return "\n".join(lines) + "\n\n"
 
 
 def protocol(config, workdir: str) -> dict:
@@ -69,15 +122,27 @@ def protocol(config, workdir: str) -> dict:
   base = ml_collections.ConfigDict(config.to_dict())
   base.mode = "evaluate"  # config_lib.validate knows the modes main.py dispatches
   config_lib.validate(base)
-  spec = spec_from_config(config)
-  mags, skipped = build_magnifiers(config)
+  bad = [t for t in config.protocol.tests if t not in ("subpixel", "noise")]
+  if bad or not config.protocol.tests:
+    raise ValueError(f"config.protocol.tests={tuple(config.protocol.tests)}: choose from "
+                     "('subpixel', 'noise')")
+  try:
+    spec = spec_from_config(config)
+  except ValueError as e:
+    raise ValueError(f"config.protocol: {e}") from e
+  mags, skipped, ckpt = build_magnifiers(config, workdir)
   logging.info("synthetic protocol: %s on %s", list(mags), spec)
   results = synthetic_protocol.run_protocol(mags, spec, tests=tuple(config.protocol.tests))
   results["skipped"] = skipped
-  results["checkpoint"] = config.protocol.checkpoint
+  results["checkpoint"] = ckpt
+  results["max_repeats"] = int(config.protocol.max_repeats)
   paths = synthetic_protocol.write_report(results, workdir)
+  with open(paths["markdown"]) as f:
+    table = f.read()
+  with open(paths["markdown"], "w") as f:
+    f.write(_header(results) + table)
   logging.info("wrote %s", ", ".join(paths.values()))
-  print(synthetic_protocol.format_table(results))
+  print(table)
   with open(paths["json"]) as f:  # what was written, so callers and the file agree
     return json.load(f)
 

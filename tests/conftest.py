@@ -48,7 +48,6 @@ UNVALIDATED = {
     "test_sharding.py": "#10, helper unfinished at the end of session 1",
     "test_sweep.py": "#10, helper unfinished at the end of session 1",
     "test_aot_tpu.py": "#10, helper unfinished at the end of session 1",
-    "test_evaluate_generation.py": "#9/#12, helper unfinished at the end of session 1",
 }
 
 

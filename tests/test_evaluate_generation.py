@@ -1,28 +1,19 @@
-"""Generation evaluation on exact procedural micro clips, and the synthetic-protocol command."""
+"""Generation evaluation (magplus_jax/evaluate_generation.py) on exact procedural micro clips."""
 import json
 import os
 import subprocess
 import sys
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT
 from magplus_jax import evaluate_generation as eg
-from magplus_jax import face_metrics, protocol_main
+from magplus_jax import face_metrics
 from magplus_jax.models import magnifiers
 
 SIZE, FRAMES, ALPHA = 64, 6, 3.0
-
-
-def _linear_magnifier():
-  """Exact-for-small-motion stand-in for a trained MagPlus: I0 + alpha (I_t - I0)."""
-  def fn(params, frames, alpha):
-    a = magnifiers.broadcast_alpha(alpha, frames)
-    return jnp.clip(frames[:, :1] + a * (frames - frames[:, :1]), 0.0, 1.0)
-  return magnifiers.Magnifier("linear", {}, fn)
 
 
 def _load_config(name):
@@ -53,7 +44,7 @@ def _eval_config():
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("evalgen"))
-  lin = _linear_magnifier()
+  lin = eg.LINEAR  # exact for small motion: a stand-in for a trained MagPlus
   methods = lambda alpha: {"magplus": (lin, lin),
                            "backbone": (magnifiers.IDENTITY, magnifiers.IDENTITY)}
   return eg.evaluate_generation(_eval_config(), workdir, methods_for=methods), workdir
@@ -87,6 +78,9 @@ def test_outputs_and_sane_values(evaluation):
   # The flow estimator's own landmark error on the driver is below the motion itself.
   assert drv["lm_err_px"] < info["amplitude_px"] and drv["lm_corr"] > 0.5
   assert rows["static"]["ratio_p95"] == 0.0 and np.isfinite(rows["static"]["psnr"])
+  # The JAX-only identity proxy: the output looks like the source, the driver (another face) not.
+  for r in (mp, bb):
+    assert r["src_ssim"] > 0.8 > drv["src_ssim"], (r, drv)
 
 
 def test_face_metrics_present_or_skipped_with_reason(evaluation):
@@ -100,6 +94,21 @@ def test_face_metrics_present_or_skipped_with_reason(evaluation):
     assert result["face_metrics"] == "dlib"
     # The output keeps the source's identity; the driver is another person.
     assert rows["magplus"]["id_dist"] < rows["driver"]["id_dist"]
+
+
+def test_without_face_models_the_table_says_so(evaluation, monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
+  face_metrics.load.cache_clear()
+  try:
+    face, why = face_metrics.load()
+  finally:
+    face_metrics.load.cache_clear()
+  assert face is None and "dlib is not installed" in why and "pip install" in why
+  result = dict(evaluation[0], face_metrics=why)
+  eg.write_results(str(tmp_path), "t", result)
+  text = (tmp_path / "t.md").read_text()
+  assert "Face models unavailable (dlib is not installed" in text
+  assert "src_ssim is the JAX-only identity proxy" in text
 
 
 def test_exact_motion_helpers():
@@ -151,33 +160,6 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last == ("magplus_jax: error: config.evaluate_generation.num_frames=2: must be >= 4 "
                   "(onset, apex, offset)"), proc.stderr[-2000:]
-
-
-def test_protocol_command_writes_report(tmp_path):
-  config = _load_config("protocol.py")
-  config.model = tiny_config().model
-  # The classical magnifiers' own protocol behaviour is tests/test_synthetic_protocol.py's; here
-  # only that they are built under their labels (running the phase pyramid would double the time).
-  mags, skipped = protocol_main.build_magnifiers(config)
-  assert list(mags) == ["identity", "eulerian", "phase", "phase_yiq", "untrained"]
-  assert skipped == ["magplus: no config.protocol.checkpoint"]
-  config.protocol.update(dict(
-      magnifiers=("identity", "magplus", "untrained"), image_size=40, num_pairs=2, batch_size=2,
-      magnified_px=3.0, motions=(0.1, 0.5), noise_stds=(0.01, 30.0), noise_alpha=60.0))
-  results = protocol_main.protocol(config, str(tmp_path))
-  for name in ("synthetic_protocol.md", "synthetic_protocol.json", "synthetic_protocol_subpixel.png",
-               "synthetic_protocol_noise.png"):
-    assert os.path.getsize(tmp_path / name) > 100, name
-  assert results["magnifiers"] == ["identity", "untrained"]
-  assert results["skipped"] == ["magplus: no config.protocol.checkpoint"]
-  assert results["subpixel"]["x"] == [0.1, 0.5] and results["noise"]["alpha"] == [60.0, 60.0]
-  for sweep in (results["subpixel"], results["noise"]):
-    np.testing.assert_allclose(sweep["identity"], sweep["input"], atol=1e-6)
-    # The untrained residual U-Net starts as the exact identity magnifier (zero-initialised head).
-    np.testing.assert_allclose(sweep["untrained"], sweep["input"], atol=1e-4)
-  config.protocol.magnifiers = ("identity", "warp")
-  with pytest.raises(ValueError, match="protocol.magnifiers"):
-    protocol_main.protocol(config, str(tmp_path))
 
 
 def test_dlib_face_metrics_when_installed():
