@@ -1,16 +1,20 @@
-"""EMOPortraits (stage 1, 512 px, released config) on CPU: source-pass and per-frame time, peak memory.
+"""EMOPortraits (stage 1, 512 px, released config): source-pass and per-frame time, peak memory.
 
     .venv/bin/python bench/bench_emoportraits.py [--dtypes float32 bfloat16] [--chunk 1]
-        [--frames 3] [--reps 1] [--out bench/results/emoportraits.json]
+        [--frames 2] [--reps 1] [--weights golden|random] [--out bench/results/emoportraits.json]
 
-Weights: random, drawn directly in float32 with He scaling from the model's abstract parameter
-shapes (161 M model + 11 M head-pose parameters; BiSeNet is not used: mask="none"); speed does not
-depend on the values. The timed functions are the backbone's own jitted `prepare` (the source
-pass, once per clip) and `drive` (one chunk of driving frames), as `animate` streams them.
-first_call includes the XLA compile; the steady-state number is the best of --reps further calls.
-Each dtype runs in its own subprocess so that its peak RSS (ru_maxrss: host RAM, where CPU XLA
-keeps weights and activations) belongs to it alone. "bfloat16" casts the model (not the head-pose
-net) to bfloat16 compute; GroupNorm statistics and all sampling coordinates stay float32.
+Weights: by default the golden fixture's (tests/golden/emoportraits_512.npz, rebuilt with its
+golden_weights.py and converted by the real converter), so the frames are the fixture's non-trivial
+textures and the bfloat16 error is meaningful; `--weights random` draws He-scaled ones instead
+(speed does not depend on the values). The parent converts once and writes orbax checkpoints; each
+dtype then runs in its own subprocess that loads them through the backbone's own `build` (mask
+"none": BiSeNet is not timed), so its peak RSS (ru_maxrss: host RAM, where CPU XLA keeps weights
+and activations) is that of a real run alone. The timed functions are the backbone's jitted
+`prepare` (the source pass, once per clip) and `drive` (one chunk of driving frames, one 512 px
+frame at a time by default), as `animate` streams them. first_call includes the XLA compile; the
+steady-state number is the best of the further calls. "bfloat16" is the backbone's dtype option:
+the local encoder, the volume networks and the decoder compute in bfloat16; the embedders, the
+warp generators, the head-pose net, GroupNorm statistics and all sampling coordinates stay float32.
 """
 from __future__ import annotations
 
@@ -73,20 +77,61 @@ def random_params(cfg) -> dict:
   return out
 
 
+def write_checkpoints(out_dir: str, weights: str) -> tuple[str, str]:
+  """Converted (golden) or random weights -> orbax dirs (stage 1, head pose)."""
+  from magplus_jax.checkpointing import save_pretrained  # pylint: disable=g-import-not-at-top
+  from magplus_jax.models.backbones import emoportraits as E  # pylint: disable=g-import-not-at-top
+  cfg = E.EMOPortraitsConfig()
+  if weights == "golden":
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from golden_utils import load_fixture  # pylint: disable=g-import-not-at-top
+    from magplus_jax.ports import emoportraits as P  # pylint: disable=g-import-not-at-top
+    _, _, sd = load_fixture("emoportraits_512")
+    params = dict(
+        model=P.convert_state_dict({k: v for k, v in sd.items()
+                                    if not k.startswith("head_pose_regressor.")}, cfg),
+        headpose=P.convert_headpose_state_dict({k[len("head_pose_regressor.net."):]: v
+                                                for k, v in sd.items()
+                                                if k.startswith("head_pose_regressor.")}))
+    del sd
+  else:
+    params = random_params(cfg)
+  arch = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+  stage1 = save_pretrained(os.path.join(out_dir, "stage1"), params["model"], model="emoportraits",
+                           config={"architecture": arch})
+  headpose = save_pretrained(os.path.join(out_dir, "headpose"), params["headpose"],
+                             model="emoportraits_headpose")
+  return stage1, headpose
+
+
 def child(dtype: str, chunk: int, frames: int, reps: int, out_dir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
   from magplus_jax.models.backbones import emoportraits as E  # pylint: disable=g-import-not-at-top
-  cfg = E.EMOPortraitsConfig()
-  opts = E.Options(mask="none", chunk_size=chunk, dtype=dtype)
-  params = jax.tree.map(jnp.asarray, random_params(cfg))
-  if dtype != "float32":
-    params["model"] = jax.tree.map(lambda a: a.astype(dtype), params["model"])
+  t0 = time.perf_counter()
+  bb = E.build(ml_collections.ConfigDict(dict(
+      name="emoportraits", checkpoint=os.path.join(out_dir, "stage1"),
+      headpose_checkpoint=os.path.join(out_dir, "headpose"), mask="none", chunk_size=chunk,
+      dtype=dtype, pose_mode="absolute", expression_mode="absolute")))
+  jax.block_until_ready(bb.params)
+  load_s = time.perf_counter() - t0
   rss_weights = _rss_gb()
-  _, prep, drv = E.make_animate(cfg, opts)
-  rng = np.random.default_rng(1)
-  img = lambda *s: jnp.asarray(rng.uniform(0, 1, s + (512, 512, 3)).astype(np.float32))
-  source, ref, driving = img(1), img(1), img(1, chunk)
+  prep, drv, params = bb.prepare, bb.drive, bb.params
+  golden = os.path.join(ROOT, "tests", "golden", "emoportraits_512.npz")
+  if os.path.isfile(golden):   # the fixture's source, mask and driving frames
+    with np.load(golden) as z:
+      nhwc = lambda a: jnp.asarray(np.transpose(a, (0, 2, 3, 1)))
+      source = nhwc(z["source"] * (z["source_mask"] > 0.6))
+      driving = jnp.asarray(np.transpose(z["driving"][:, 0], (0, 2, 3, 1)))[None]
+      prediction = np.transpose(z["prediction"][:, 0], (0, 2, 3, 1))[None]
+    driving = jnp.concatenate([driving] * (-(-chunk // driving.shape[1])), axis=1)[:, :chunk]
+    ref = driving[:, 0]
+  else:
+    rng = np.random.default_rng(1)
+    img = lambda *s: jnp.asarray(rng.uniform(0, 1, s + (512, 512, 3)).astype(np.float32))
+    source, ref, driving = img(1), img(1), img(1, chunk)
+    prediction = None
 
   def timed(fn, *args):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -101,8 +146,13 @@ def child(dtype: str, chunk: int, frames: int, reps: int, out_dir: str) -> dict:
   out = np.asarray(out, np.float32)
   assert np.isfinite(out).all()
   np.save(os.path.join(out_dir, f"frame_{dtype}.npy"), out)
+  vs_golden = {}
+  if prediction is not None:   # with the golden weights the frames are the fixture's prediction
+    n = min(out.shape[1], prediction.shape[1])
+    vs_golden = {"max_abs_diff_vs_golden_prediction":
+                 float(np.abs(out[:, :n] - prediction[:, :n]).max())}
   best = lambda ts: min(ts, key=lambda t: t[0])
-  return {"dtype": dtype, "chunk": chunk, "device": str(jax.devices()[0]),
+  return {"dtype": dtype, "chunk": chunk, "device": str(jax.devices()[0]), "load_s": load_s,
           "source_first_call_s": src_first[0], "source_s": best(src_times)[0],
           "source_cpu_s": best(src_times)[1],
           "drive_first_call_s": drv_first[0], "drive_chunk_s": best(drv_times)[0],
@@ -111,7 +161,7 @@ def child(dtype: str, chunk: int, frames: int, reps: int, out_dir: str) -> dict:
           "frame_std": float(out.std()),
           "rss_after_weights_gb": rss_weights, "rss_after_source_gb": rss_source,
           "peak_rss_gb": _rss_gb(), "cpu_count": os.cpu_count(),
-          "load_avg": os.getloadavg()}
+          "load_avg": os.getloadavg(), **vs_golden}
 
 
 def main(argv=None) -> None:
@@ -120,6 +170,8 @@ def main(argv=None) -> None:
   ap.add_argument("--chunk", type=int, default=1, help="driving frames per drive call")
   ap.add_argument("--frames", type=int, default=2, help="frames timed after the first call")
   ap.add_argument("--reps", type=int, default=1)
+  ap.add_argument("--weights", choices=("golden", "random"), default=None,
+                  help="default: golden when tests/golden/emoportraits_512.npz exists")
   ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "emoportraits.json"))
   ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
@@ -129,6 +181,9 @@ def main(argv=None) -> None:
     return
   results = []
   tmp = tempfile.mkdtemp(prefix="bench_emoportraits_")
+  weights = a.weights or ("golden" if os.path.isfile(
+      os.path.join(ROOT, "tests", "golden", "emoportraits_512.npz")) else "random")
+  write_checkpoints(tmp, weights)
   for dtype in a.dtypes:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", dtype, "--chunk", str(a.chunk),
            "--frames", str(a.frames), "--reps", str(a.reps), "--tmp", tmp]
@@ -156,7 +211,8 @@ def main(argv=None) -> None:
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
   with open(a.out, "w") as f:
-    json.dump({"benchmark": "emoportraits_512_cpu", "results": results}, f, indent=1)
+    json.dump({"benchmark": "emoportraits_512", "weights": weights, "results": results}, f,
+              indent=1)
   print(f"wrote {a.out}")
 
 

@@ -1,12 +1,13 @@
 """Converters for EMOPortraits: the stage-1 model, its head-pose net, and BiSeNet face parsing.
 
-    python -m magplus_jax.ports.emoportraits [--kind stage1|headpose|bisenet] CHECKPOINT OUT_DIR
+    python -m magplus_jax.ports.emoportraits [--kind stage1|headpose] CHECKPOINT OUT_DIR
 
   stage1   : the released model file (third-party code names it checkpoints/328_model.pth, inside
              logs.zip), a flat va.Model state dict; `--args args.txt` optionally gives the
              experiment's training args (default: the released experiment's, built in).
   headpose : repos/head_pose_regressor.pth (repos.zip), a torchvision resnet18(num_classes=9).
-  bisenet  : repos/face_par_off/res/cp/79999_iter.pth (BiSeNet, 19 classes).
+The third file inference uses, BiSeNet face parsing (the source mask), has its own converter:
+magplus_jax/ports/bisenet.py.
 
 The weights are EMOPortraits' (github.com/neeek2303/EMOPortraits, **CC BY-NC-SA 4.0**); converted
 directories carry the same licence.
@@ -76,7 +77,7 @@ def _sub(rules, name: str) -> str:
 _RESBLOCK = [(r"\.in_norm$", ".block_feats.0"), (r"\.in_conv$", ".block_feats.2"),
              (r"\.mid_norm$", ".block_feats.3"), (r"\.out_conv$", ".block.0"),
              (r"\.skip$", ".skip.0")]
-_RESNET = [(r"\.downsample_conv$", ".downsample.0"), (r"\.downsample_norm$", ".downsample.1")]
+RESNET_RULES = [(r"\.downsample_conv$", ".downsample.0"), (r"\.downsample_norm$", ".downsample.1")]
 
 
 def stage1_rules(image_size: int):
@@ -109,12 +110,10 @@ def stage1_rules(image_size: int):
       (r"^decoder\.img_blocks", "decoder_nw.img_decoder.dec_img_blocks"),
       (r"^decoder\.head_norm", "decoder_nw.img_decoder.dec_img_head.0"),
       (r"^decoder\.head_conv", "decoder_nw.img_decoder.dec_img_head.2"),
-  ] + _RESBLOCK + _RESNET
+  ] + _RESBLOCK + RESNET_RULES
 
 
-HEADPOSE_RULES = [(r"^net\.", ""), (r"^fc$", "fc")] + _RESNET
-BISENET_RULES = [(r"^(resnet|arm16|arm32|conv_head16|conv_head32|conv_avg)", r"cp.\1"),
-                 (r"^ffm_(convblk|conv1|conv2)", r"ffm.\1")] + _RESNET
+HEADPOSE_RULES = [(r"^net\.", "")] + RESNET_RULES
 
 
 # ----------------------------------------------------------------------------- generic engine
@@ -184,7 +183,7 @@ def _projector_entries(model, rules) -> list[tuple]:
   return out
 
 
-def _plan(abstract_module, rules, extra=None) -> list[tuple]:
+def make_plan(abstract_module, rules, extra=None) -> list[tuple]:
   entries = []
   for path, module in nnx.iter_modules(abstract_module):
     prefix = _sub(rules, ".".join(str(x) for x in path))
@@ -199,10 +198,21 @@ def expected_spec(plan) -> dict:
   return spec
 
 
-def _convert(sd: dict, plan, what: str) -> dict:
+def unwrap(sd: dict) -> dict:
+  """The flat state dict inside a loaded file: array entries only, DataParallel's `module.` dropped,
+  a `state_dict` / `model` wrapper opened."""
+  for key in ("state_dict", "model"):
+    if isinstance(sd.get(key), dict) and not any(hasattr(v, "shape") for v in sd.values()):
+      sd = sd[key]
   sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
   if sd and all(k.startswith("module.") for k in sd):
     sd = strip_prefix(sd, "module.")
+  return sd
+
+
+def convert_with_plan(sd: dict, plan, what: str) -> dict:
+  """Checks `sd` against the plan's keys and shapes and builds the Flax params pure dict."""
+  sd = unwrap(sd)
   expected = expected_spec(plan)
   missing = [k for k in expected if k not in sd]
   # Non-strict like the official loader: extra keys are ignored unless something is missing, in
@@ -226,24 +236,18 @@ def stage1_plan(cfg=None):
   from magplus_jax.models.backbones.emoportraits import EMOPortraitsConfig  # pylint: disable=g-import-not-at-top
   cfg = cfg or EMOPortraitsConfig()
   rules = stage1_rules(cfg.image_size)
-  return _plan(_abstract("model", cfg), rules, lambda m: _projector_entries(m, rules))
+  return make_plan(_abstract("model", cfg), rules, lambda m: _projector_entries(m, rules))
 
 
 def convert_state_dict(sd: dict, cfg=None) -> dict:
   """Stage-1 state dict (va.Model names, numpy) -> pure-dict params of `EMOPortraits`."""
-  return _convert(sd, stage1_plan(cfg), "EMOPortraits stage-1 checkpoint")
+  return convert_with_plan(sd, stage1_plan(cfg), "EMOPortraits stage-1 checkpoint")
 
 
 def convert_headpose_state_dict(sd: dict) -> dict:
   """torchvision resnet18(num_classes=9) state dict -> params of `HeadPoseNet`."""
-  plan = _plan(_abstract("headpose"), HEADPOSE_RULES)
-  return _convert(sd, plan, "EMOPortraits head-pose ResNet-18 checkpoint")
-
-
-def convert_bisenet_state_dict(sd: dict) -> dict:
-  """face-parsing.PyTorch BiSeNet state dict -> params of `BiSeNet` (main head only)."""
-  plan = _plan(_abstract("bisenet"), BISENET_RULES)
-  return _convert(sd, plan, "BiSeNet face-parsing checkpoint")
+  plan = make_plan(_abstract("headpose"), HEADPOSE_RULES)
+  return convert_with_plan(sd, plan, "EMOPortraits head-pose ResNet-18 checkpoint")
 
 
 def _typed(v: str):
@@ -275,10 +279,12 @@ def convert_file(checkpoint: str, out_dir: str, kind: str = "stage1",
                  args_txt: str | None = None) -> str:
   """The CLI's work: read, convert, save with `save_pretrained`. Returns out_dir."""
   from magplus_jax.checkpointing import save_pretrained  # pylint: disable=g-import-not-at-top
+  if kind not in ("stage1", "headpose"):
+    raise ValueError(f"--kind {kind!r}: choose stage1 or headpose (BiSeNet: "
+                     "python -m magplus_jax.ports.bisenet)")
   sd = load_torch_file(checkpoint)
-  for key in ("state_dict", "model"):      # tolerate a wrapped dict
-    if isinstance(sd.get(key), dict) and not any(hasattr(v, "shape") for v in sd.values()):
-      sd = sd[key]
+  if not isinstance(sd, dict):
+    raise CheckpointMismatchError(f"{checkpoint!r} does not hold a state dict")
   if kind == "stage1":
     from magplus_jax.models.backbones.emoportraits import EMOPortraitsConfig  # pylint: disable=g-import-not-at-top
     official = dict(RELEASED_ARGS, **(parse_args_txt(args_txt) if args_txt else {}))
@@ -287,13 +293,8 @@ def convert_file(checkpoint: str, out_dir: str, kind: str = "stage1",
     config = {"architecture": {f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
               "license": "CC BY-NC-SA 4.0 (EMOPortraits)"}
     return save_pretrained(out_dir, params, model="emoportraits", config=config, source=checkpoint)
-  if kind == "headpose":
-    return save_pretrained(out_dir, convert_headpose_state_dict(sd), model="emoportraits_headpose",
-                           config={"license": "CC BY-NC-SA 4.0 (EMOPortraits)"}, source=checkpoint)
-  if kind == "bisenet":
-    return save_pretrained(out_dir, convert_bisenet_state_dict(sd), model="bisenet_faceparsing",
-                           config={"license": "MIT (face-parsing.PyTorch)"}, source=checkpoint)
-  raise ValueError(f"--kind {kind!r}: choose stage1, headpose or bisenet")
+  return save_pretrained(out_dir, convert_headpose_state_dict(sd), model="emoportraits_headpose",
+                         config={"license": "CC BY-NC-SA 4.0 (EMOPortraits)"}, source=checkpoint)
 
 
 def main(argv=None) -> None:
@@ -301,7 +302,7 @@ def main(argv=None) -> None:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("checkpoint")
   ap.add_argument("out_dir")
-  ap.add_argument("--kind", default="stage1", choices=("stage1", "headpose", "bisenet"))
+  ap.add_argument("--kind", default="stage1", choices=("stage1", "headpose"))
   ap.add_argument("--args", dest="args_txt", default=None,
                   help="the experiment's args.txt (stage1 only; default: the released one's)")
   a = ap.parse_args(argv)

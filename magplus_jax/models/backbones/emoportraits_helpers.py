@@ -1,29 +1,34 @@
-"""EMOPortraits' auxiliary networks: the ResNets, the head-pose regressor, the source face mask.
+"""EMOPortraits' auxiliary networks and source masks: the ResNets, the head-pose regressor, masks.
 
 Part of the EMOPortraits port (github.com/neeek2303/EMOPortraits @ 7cb86416, **CC BY-NC-SA 4.0**;
-this port and weights converted from it inherit the licence). BiSeNet face parsing follows
-github.com/zllrunning/face-parsing.PyTorch (MIT), whose `79999_iter.pth` EMOPortraits ships in its
-`repos.zip` as `repos/face_par_off`.
+this port and weights converted from it inherit the licence).
 
 * `ResNet`: torchvision's ResNet-18/50 layout (names conv1, bn1, layerN.i.*, downsample), with
   BatchNorm (eval) or GroupNorm(32): EMOPortraits' embedders swap every BatchNorm for a GroupNorm
   and weight-standardise (with a bias) the convs that follow one inside a block.
 * `HeadPoseNet`: torchvision resnet18(num_classes=9) on a 128 px bilinear resize, no input
   normalisation; 9 outputs = scale (3), yaw/pitch/roll, translation (3) -> `pose_matrix`.
-* Source masks (`mask` in the backbone config): EMOPortraits multiplies the source by a face mask
-  before encoding it, and was trained that way (background removed), so the choice matters:
-    - "bisenet": the official mask. BiSeNet's 19 CelebAMask-HQ labels, argmax, keeping every label
-      but background (0), necklace (15) and cloth (16): face, ears, hair, hat, neck.
-    - "ellipse": no network; a fixed head-shaped ellipse for pre-aligned 512 px crops (face centred,
-      as the official crops are). It keeps the background inside the ellipse and cuts hair and
-      neck outside it: usable, visibly worse at the borders.
-    - "none": no mask. The model then encodes the background as part of the head; it runs, but is
-      outside the training distribution.
-  MediaPipe's face mesh (the other official option) is not installed here and is not ported.
+* Source masks (`mask` in the backbone config). EMOPortraits multiplies the source by a head mask
+  before encoding it and was trained on such masked sources, so the choice matters:
+    - "bisenet": the official mask (models/backbones/bisenet.py, converter ports/bisenet.py):
+      BiSeNet's 19 CelebAMask-HQ labels, keeping face, ears, hair, hat and neck. Needs the
+      face-parsing checkpoint (79999_iter.pth from EMOPortraits' repos.zip).
+    - "facebox": no network weights: scikit-image's LBP face detector (the one data_pipelines'
+      face_crop uses) finds the face box on the host, and the mask is an ellipse around it grown
+      to cover forehead, hair and chin (`facebox_mask`). Background inside the ellipse stays and
+      long hair / the neck outside it is cut, so it is visibly worse at the borders than BiSeNet.
+      No face found: the fixed ellipse below, with a warning.
+    - "ellipse": a fixed head-shaped ellipse for pre-aligned crops (face centred, as the
+      official 512 px crops are); same caveats as "facebox", plus no adaptation to the face.
+    - "none": no mask; the model then encodes the background as part of the head, which is
+      outside its training distribution.
+  A face-mesh mask (MediaPipe, the other official option) is not offered: mediapipe is not
+  installed in this environment.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -190,84 +195,20 @@ def ellipse_mask(height: int, width: int, center=(0.5, 0.47), axes=(0.36, 0.47))
   return (r <= 1.0).astype(np.float32)
 
 
-class ConvBNReLU(nnx.Module):
-  def __init__(self, cin: int, cout: int, k: int, *, rngs: nnx.Rngs):
-    self.conv = conv(nnx.Conv, 2, cin, cout, k, bias=False, rngs=rngs)
-    self.bn = nnx.BatchNorm(cout, use_running_average=True, epsilon=1e-5, rngs=rngs)
+def facebox_mask(image: np.ndarray) -> np.ndarray:
+  """[H, W, 3] in [0, 1] -> [H, W] binary ellipse around the detected face (largest face).
 
-  def __call__(self, x: Array) -> Array:
-    return jax.nn.relu(self.bn(self.conv(x)))
-
-
-class AttentionRefinement(nnx.Module):
-  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
-    self.conv = ConvBNReLU(cin, cout, 3, rngs=rngs)
-    self.conv_atten = conv(nnx.Conv, 2, cout, cout, 1, bias=False, rngs=rngs)
-    self.bn_atten = nnx.BatchNorm(cout, use_running_average=True, epsilon=1e-5, rngs=rngs)
-
-  def __call__(self, x: Array) -> Array:
-    feat = self.conv(x)
-    att = self.bn_atten(self.conv_atten(feat.mean(axis=(1, 2), keepdims=True)))
-    return feat * jax.nn.sigmoid(att)
-
-
-class BiSeNetOutput(nnx.Module):
-  def __init__(self, cin: int, mid: int, n_classes: int, *, rngs: nnx.Rngs):
-    self.conv = ConvBNReLU(cin, mid, 3, rngs=rngs)
-    self.conv_out = conv(nnx.Conv, 2, mid, n_classes, 1, bias=False, rngs=rngs)
-
-  def __call__(self, x: Array) -> Array:
-    return self.conv_out(self.conv(x))
-
-
-def _nearest_resize(x: Array, size: tuple[int, int]) -> Array:
-  """F.interpolate(mode="nearest") to `size`: source index floor(i * in / out)."""
-  h, w = x.shape[1:3]
-  yi = (np.arange(size[0]) * h) // size[0]
-  xi = (np.arange(size[1]) * w) // size[1]
-  return x[:, yi][:, :, xi]
-
-
-class BiSeNet(nnx.Module):
-  """BiSeNet face parser (zllrunning/face-parsing.PyTorch): ResNet-18 context path + fusion.
-
-  Only the main output is built (the two auxiliary heads serve training). Names follow the
-  original state dict: cp.resnet, cp.arm16/32, cp.conv_head16/32, cp.conv_avg, ffm, conv_out.
+  The LBP box spans roughly eyebrows to mouth; the ellipse is centred a tenth of the box above its
+  centre and reaches 0.85 box widths sideways and 1.2 box heights up and down, which covers
+  forehead, hair on top and the chin of a frontal face. No face: `ellipse_mask` and a warning.
   """
-
-  # Labels EMOPortraits keeps in the source mask (everything but background, necklace, cloth).
-  KEEP = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 17, 18)
-
-  def __init__(self, n_classes: int = 19, *, rngs: nnx.Rngs):
-    self.resnet = ResNet(18, "bn", rngs=rngs)
-    self.arm16 = AttentionRefinement(256, 128, rngs=rngs)
-    self.arm32 = AttentionRefinement(512, 128, rngs=rngs)
-    self.conv_head32 = ConvBNReLU(128, 128, 3, rngs=rngs)
-    self.conv_head16 = ConvBNReLU(128, 128, 3, rngs=rngs)
-    self.conv_avg = ConvBNReLU(512, 128, 1, rngs=rngs)
-    self.ffm_convblk = ConvBNReLU(256, 256, 1, rngs=rngs)
-    self.ffm_conv1 = conv(nnx.Conv, 2, 256, 64, 1, bias=False, rngs=rngs)
-    self.ffm_conv2 = conv(nnx.Conv, 2, 64, 256, 1, bias=False, rngs=rngs)
-    self.conv_out = BiSeNetOutput(256, 256, n_classes, rngs=rngs)
-
-  def __call__(self, x: Array) -> Array:
-    """x: [B, H, W, 3] ImageNet-normalised -> logits [B, H, W, n_classes]."""
-    h, w = x.shape[1:3]
-    _, feat8, feat16, feat32 = self.resnet.features(x)
-    avg = self.conv_avg(feat32.mean(axis=(1, 2), keepdims=True))
-    up32 = self.conv_head32(_nearest_resize(self.arm32(feat32) + avg, feat16.shape[1:3]))
-    up16 = self.conv_head16(_nearest_resize(self.arm16(feat16) + up32, feat8.shape[1:3]))
-    feat = self.ffm_convblk(jnp.concatenate([feat8, up16], axis=-1))
-    att = feat.mean(axis=(1, 2), keepdims=True)
-    att = jax.nn.sigmoid(self.ffm_conv2(jax.nn.relu(self.ffm_conv1(att))))
-    logits = self.conv_out(feat * att + feat)
-    return resize_bilinear(logits, (h, w), align_corners=True)
-
-  def face_mask(self, image: Array) -> Array:
-    """image: [B, H, W, 3] in [0, 1] -> binary mask [B, H, W, 1] as EMOPortraits computes it."""
-    h, w = image.shape[1:3]
-    x = resize_bilinear(imagenet_normalize(image), (512, 512))
-    logits = resize_bilinear(self(x), (h, w))
-    labels = jnp.argmax(logits, axis=-1)
-    keep = jnp.isin(labels, jnp.asarray(self.KEEP))
-    return keep[..., None].astype(image.dtype)
+  from data_pipelines.face_crop import detect_faces  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  boxes = detect_faces(np.clip(np.asarray(image, np.float32), 0.0, 1.0))
+  if not boxes:
+    warnings.warn("EMOPortraits facebox mask: no face detected; using the fixed centred ellipse",
+                  stacklevel=2)
+    return ellipse_mask(h, w)
+  top, left, bh, bw = boxes[0]
+  cx, cy = (left + bw / 2.0) / w, (top + bh / 2.0 - 0.1 * bh) / h
+  return ellipse_mask(h, w, center=(cx, cy), axes=(0.85 * bw / w, 1.2 * bh / h))
