@@ -21,6 +21,10 @@ def get_config(arg=None):
   config.backbone = ml_collections.ConfigDict(dict(
       name=arg or "warp", image_size=128, checkpoint="", align_corners=False,
       adapt_movement_scale=True, relative=True))
+  if config.backbone.name == "emoportraits":  # fields of models/backbones/emoportraits.py
+    config.backbone.update(dict(
+        image_size=512, headpose_checkpoint="", mask="bisenet", bisenet_checkpoint="",
+        pose_mode="relative", expression_mode="absolute", chunk_size=1, dtype="float32"))
   config.generate = ml_collections.ConfigDict(dict(
       alpha=0.0,              # > 0: fixed alpha; 0: calibrated per clip
       motion_target=0.0,      # > 0: overrides the target stored with the MagPlus checkpoint
@@ -30,5 +34,7 @@ def get_config(arg=None):
       max_frames=300,
       default_num_frames=24,  # length of the embedded procedural clip
       magplus_checkpoint="", demag_checkpoint="",
-      pretrain_steps=200))
+      pretrain_steps=200,
+      tta_steps=0,            # > 0: test-time adaptation of MagPlus on the driving clip (FlowMag)
+      tta_learning_rate=1e-4))
   return config

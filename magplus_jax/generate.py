@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from magplus_jax import calibration, config_lib, metrics
+from magplus_jax import adaptation, calibration, config_lib, metrics
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models.backbones import get_backbone
 from magplus_jax.models.flow import get_flow
@@ -102,9 +102,10 @@ def make_chunk_fn(magplus, backbone, demag):
 
 def run_pipeline(source, driving, alpha, magplus, backbone, demag, chunk: int):
   """source [H,W,3], driving [T,H,W,3] -> dict of [T,H,W,3] numpy clips (frame 0 included)."""
-  fn = make_chunk_fn(magplus, backbone, demag)
   src = jnp.asarray(source)[None]
   d_ref = jnp.asarray(driving[:1])
+  backbone = backbone.bind_source(src, d_ref)  # the source pass once per clip, not per chunk
+  fn = make_chunk_fn(magplus, backbone, demag)
   a = jnp.full((1,), alpha, jnp.float32)
   g_ref = jax.jit(backbone.animate)(backbone.params, src, d_ref[:, None], d_ref)[:, 0]
   outs = {"magnified": [driving[:1]], "generated": [np.asarray(g_ref)], "output": [np.asarray(g_ref)]}
@@ -185,6 +186,9 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   magplus = magnifier_lib.build(mcfg(mag_dir, "magplus"))
   demag = magnifier_lib.build(mcfg(demag_dir, "demag"))
   logging.info("alpha %.3f (%s), %d application(s) per frame; %s", alpha, why, reps, how)
+  if gen.get("tta_steps", 0):  # adapt MagPlus to this driving clip (the checkpoint is unchanged)
+    magplus = adaptation.adapt(magplus, driving, alpha, flow, config.loss, steps=gen.tta_steps,
+                               learning_rate=gen.tta_learning_rate)
 
   clips = run_pipeline(source, driving, alpha, magplus, backbone, demag, gen.chunk)
   curves = intensity(flow, clips)
@@ -194,7 +198,8 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   video_io.write_video(os.path.join(workdir, "side_by_side.mp4"), panel, fps)
   video_io.write_gif(os.path.join(workdir, "side_by_side.gif"), panel, min(fps, 25.0))
   plot_intensity(os.path.join(workdir, "intensity.png"), curves, alpha)
-  summary = {"alpha": alpha, "alpha_reason": why, "repeats": reps, "clip_motion_px": motion,
+  summary = {"alpha": alpha, "alpha_reason": why, "repeats": reps,
+             "tta_steps": int(gen.get("tta_steps", 0)), "clip_motion_px": motion,
              "motion_target_px": target, "backbone": backbone.name, "flow": flow.name,
              "magnifiers": how, "inputs": desc, "frames": int(driving.shape[0]), "fps": fps,
              "panel": "source | driver | magnified driver | backbone output | final",

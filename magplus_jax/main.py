@@ -84,7 +84,6 @@ def main(argv):
   except USER_ERRORS as e:
     if _DEBUG.value:
       raise
-    logging.error("%s", e)
     _fail("error: ", e, 1)
 
 

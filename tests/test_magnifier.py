@@ -11,7 +11,7 @@ from magplus_jax.models import magnifier
 from magplus_jax.models.flow import get_flow
 
 
-def _net(output="alpha_residual", norm="group", seed=0):
+def _net(output="eulerian_gate", norm="group", seed=0):
   net = magnifier.MagnifierUNet(levels=2, width=8, norm=norm, output=output, rngs=nnx.Rngs(seed))
   # Random head weights: the properties below must hold for any weights, not just at init.
   net.head.kernel[...] = 0.1 * jax.random.normal(jax.random.key(1), net.head.kernel.shape)
@@ -24,18 +24,32 @@ def _images(b=2, n=16):
           jnp.asarray(rng.random((b, n, n, 3), np.float32)))
 
 
-def test_alpha_one_is_identity_for_any_weights():
+@pytest.mark.parametrize("output", ["eulerian_gate", "alpha_residual"])
+def test_alpha_one_is_identity_for_any_weights(output):
   ref, frame = _images()
-  net = _net()
+  net = _net(output)
   np.testing.assert_array_equal(net(ref, frame, jnp.ones(2)), frame)
   assert float(jnp.abs(net(ref, frame, jnp.array([4.0, 0.25])) - frame).max()) > 1e-3
 
 
-def test_per_pixel_alpha_map_is_local():
+def test_untrained_gate_is_linear_eulerian_magnification():
+  ref, frame = _images()
+  ref = frame + 0.01 * (ref - frame)  # small motion-like differences, away from the clip
+  net = magnifier.MagnifierUNet(levels=2, width=8, gate_init=1.0, rngs=nnx.Rngs(0))
+  alpha = jnp.array([3.0, 0.5])
+  want = frame + (alpha[:, None, None, None] - 1) * (frame - ref)
+  np.testing.assert_allclose(net(ref, frame, alpha), jnp.clip(want, 0, 1), atol=1e-6)
+  # The default starts at the identity.
+  net0 = magnifier.MagnifierUNet(levels=2, width=8, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(net0(ref, frame, alpha), frame)
+
+
+@pytest.mark.parametrize("output", ["eulerian_gate", "alpha_residual"])
+def test_per_pixel_alpha_map_is_local(output):
   """Where the alpha map is 1 the output equals the input, wherever alpha is elsewhere."""
   ref, frame = _images()
   amap = jnp.ones((2, 16, 16)).at[:, :, 8:].set(6.0)
-  out = _net()(ref, frame, amap)
+  out = _net(output)(ref, frame, amap)
   np.testing.assert_array_equal(out[:, :, :8], frame[:, :, :8])
   assert float(jnp.abs(out[:, :, 8:] - frame[:, :, 8:]).max()) > 1e-3
 
