@@ -8,8 +8,10 @@ The base is a mid-size run, large enough that the comparisons mean something and
 one accelerator: a 4-level width-32 U-Net on 128x128 procedural frames (128 px is RAFT's minimum),
 20k steps of 32, the weight-free flow in the loss. Every run changes one thing from the base:
   * normalisation: group (base) / batch (FlowMag's) / none;
-  * loss weights: the colour term off / 1 / 100 (base 10); a supervised pixel term added (w_pixel 1,
-    the procedural data knows the exact magnified frame) and the pixel term alone;
+  * loss weights: the colour term off / 10 (FlowMag's) / 100 (base 1); a supervised pixel term
+    added (w_pixel 1, the procedural data knows the exact magnified frame) and the pixel term alone;
+  * network output: the gate started at linear magnification (gate_init 1; base 0, the identity),
+    the plain "alpha_residual" form and FlowMag's "sigmoid" RGB (models/magnifier.py);
   * alpha range: alpha_max 4 / 32 (base 16);
   * DeMagPlus: separate networks are the base magplus run plus the `task=demag` run; one shared
     network over [1/alpha_max, alpha_max] is the `task=shared` run;
@@ -48,10 +50,13 @@ def sweep(add):
   add()
   for norm in ("batch", "none"):
     add(**{"model.norm": norm})
-  for w in (0.0, 1.0, 100.0):
+  for w in (0.0, 10.0, 100.0):
     add(**{"loss.w_color": w})
   add(**{"loss.w_pixel": 1.0})
   add(**{"loss.w_mag": 0.0, "loss.w_color": 0.0, "loss.w_pixel": 1.0})
+  add(**{"model.gate_init": 1.0})
+  for output in ("alpha_residual", "sigmoid"):
+    add(**{"model.output": output})
   for a in (4.0, 32.0):
     add(**{"data.alpha_max": a})
   for task in ("demag", "shared"):

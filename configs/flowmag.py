@@ -43,7 +43,7 @@ def get_config(arg=None):
   config.data.alpha_max = 16.0
   config.data.max_motion_px = (0.05, 2.0)
   config.data.num_workers = 16
-  config.data.eval_examples = 256
+  config.data.num_eval_examples = 256
 
   config.model.levels = 5
   config.model.width = 64

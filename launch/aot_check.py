@@ -1,8 +1,12 @@
 """Will this config's train step fit and compile on a TPU pod? Checked here, on a CPU machine.
 
+  python launch/aot_check.py      # configs/flowmag.py (512x512, RAFT loss) on v5e:4x4 and v5p:4x4x8
   python launch/aot_check.py --config configs/flowmag.py --topology v5e:4x4 --topology v5p:4x4x8 \
       [--num_slices 2] [--mesh data:-1,fsdp:4] [--fsdp] [--per_device_batch 2] [--out aot.json] \
       [--config.model.width=32 ...]
+
+The global batch is config.batch_size, rounded up to a multiple of the batch shards (data x fsdp
+chips) when the slice cannot split it evenly, or --per_device_batch x the shards.
 
 With the `libtpu` package installed (`pip install -e ".[tpu]"`), jax.experimental.topologies
 describes a pod's chips without any TPU attached. On those devices we build the config's mesh, the
@@ -14,8 +18,11 @@ analysis (arguments, outputs, temporaries, peak) against the chip's HBM, its cos
 bytes accessed) and the collectives in the optimized HLO.
 
 Caveats of the numbers: XLA's cost analysis counts the body of a while loop (RAFT's refinement
-`lax.scan`) once, not once per iteration, so RAFT flops are a lower bound; collectives are counted
-per HLO instruction (a collective inside a loop body counts once). The compiled executable cannot
+`lax.scan`) once, not once per iteration, so RAFT flops are a lower bound; its "bytes accessed"
+for the FlowMag step (2.5 TB per chip per step) is far above plausible memory traffic, probably
+because gathers (RAFT's correlation lookup, grid sampling) count their whole operand (unverified); collectives are counted per HLO instruction (a collective inside a loop body
+counts once). Where XLA cannot print the optimized HLO (seen for v5p with libtpu 0.0.52), the
+collectives are reported as unknown and memory and flops still are. The compiled executable cannot
 run here. Compile times are for this machine's CPU, not a TPU host.
 
 Environment: JAX_PLATFORMS=cpu, TPU_WORKER_HOSTNAMES=localhost and TPU_ACCELERATOR_TYPE are set
@@ -79,6 +86,11 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
   return list(topo.devices)
 
 
+def batch_shards(mesh) -> int:
+  """How many pieces the global batch is split into (the mesh's batch axes)."""
+  return int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
+
+
 def abstract_flow(flow_config) -> FlowEstimator:
   """The config's flow estimator with abstract (shape-only) parameters: RAFT needs no checkpoint."""
   if flow_config.name in ("raft", "raft_small"):
@@ -119,7 +131,7 @@ def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   """{op: {"count": n, "bytes": approx result bytes}} over the optimized HLO's instructions.
 
   Async pairs (`all-gather-start` / `-done`) count once, at the start; for a start op whose result
-  is an (operand, result) tuple the result array alone is counted.
+  is an (operand, result, ...) tuple the result array alone is counted.
   """
   out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
   pattern = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
@@ -132,7 +144,7 @@ def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     sizes = [_DTYPE_BYTES.get(d, 4) * int(np.prod([int(x) for x in dims.split(",") if x] or [1]))
              for d, dims in arrays]
     if start and op in ("all-gather", "collective-permute") and len(sizes) >= 2:
-      sizes = sizes[-1:]
+      sizes = sizes[1:2]  # (operand, result[, u32 contexts...]): the result moves
     out[op]["count"] += 1
     out[op]["bytes"] += int(sum(sizes))
   return out
@@ -166,7 +178,7 @@ def aot_compile(config: ml_collections.ConfigDict, topology: str, num_slices: in
   config_lib.validate(config)
   devices = topology_devices(topology, num_slices)
   mesh = sharding.make_mesh(config.mesh, devices=devices)
-  shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
+  shards = batch_shards(mesh)
   if config.batch_size % shards:
     raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {shards} "
                      f"batch shards of mesh {dict(mesh.shape)} on {topology}: pass "
@@ -179,25 +191,13 @@ def aot_compile(config: ml_collections.ConfigDict, topology: str, num_slices: in
   batch = abstract_batch(config, trainer.batch_sharding)
   fn = {"train": trainer.train_step, "eval": trainer.eval_step}[step]
 
-  t0 = time.perf_counter()
-  lowered = fn.lower(trainer.abstract_state, batch, flow_params)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-
-  hlo = compiled.as_text()
-  if hlo_path:
-    with open(hlo_path, "w") as f:
-      f.write(hlo)
   kind = devices[0].device_kind
   hbm = HBM_BYTES.get(kind)
-  mem = _memory(compiled)
-  cost = _cost(compiled)
-  params = trainer.abstract_state["params"]
-  n_params = int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
+  n_params = int(sum(int(np.prod(x.shape))
+                     for x in jax.tree.leaves(trainer.abstract_state["params"])))
   sharded = [x for x in jax.tree.leaves(trainer.abstract_state)
              if any(ax is not None for ax in x.sharding.spec)]
-  return {
+  report = {
       "topology": topology, "num_slices": num_slices, "device_kind": kind, "chips": len(devices),
       "mesh": {k: int(v) for k, v in mesh.shape.items()}, "step": step,
       "config": {"task": config.task, "image_size": int(config.data.image_size),
@@ -205,29 +205,83 @@ def aot_compile(config: ml_collections.ConfigDict, topology: str, num_slices: in
                  "per_chip_batch": int(config.batch_size) // shards,
                  "levels": int(config.model.levels), "width": int(config.model.width),
                  "norm": config.model.norm, "flow": config.flow.name,
+                 "flow_iters": int(config.flow.get("iters", 0)),
                  "sharding_rules": [list(r) for r in config.sharding_rules]},
-      "params": n_params, "sharded_state_leaves": len(sharded),
-      "memory_per_chip": mem, "hbm_per_chip": hbm,
-      "fits": None if hbm is None else bool(mem["peak_memory_in_bytes"] <= hbm),
-      "cost_per_chip": {"flops": float(cost.get("flops", 0.0)),
-                        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-                        "transcendentals": float(cost.get("transcendentals", 0.0))},
-      "collectives": count_collectives(hlo),
-      "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+      "params": n_params, "sharded_state_leaves": len(sharded), "hbm_per_chip": hbm,
   }
+
+  t0 = time.perf_counter()
+  lowered = fn.lower(trainer.abstract_state, batch, flow_params)
+  t1 = time.perf_counter()
+  report["lower_s"] = round(t1 - t0, 2)
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except  # XlaRuntimeError: the answer is "no"
+    msg = str(e)
+    oom = "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
+    report.update(fits=False if oom else None, compile_s=round(time.perf_counter() - t1, 2),
+                  error=("does not fit: " if oom else "compile failed: ") + _first_lines(msg))
+    return report
+  t2 = time.perf_counter()
+
+  mem = _memory(compiled)
+  cost = _cost(compiled)
+  report.update(
+      memory_per_chip=mem,
+      fits=None if hbm is None else bool(mem["peak_memory_in_bytes"] <= hbm),
+      cost_per_chip={"flops": float(cost.get("flops", 0.0)),
+                     "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+                     "transcendentals": float(cost.get("transcendentals", 0.0))},
+      compile_s=round(t2 - t1, 2))
+  hlo = _optimized_hlo(compiled, report)
+  if hlo is not None:
+    report["collectives"] = count_collectives(hlo)
+    if hlo_path:
+      with open(hlo_path, "w") as f:
+        f.write(hlo)
+  return report
+
+
+def _optimized_hlo(compiled, report) -> str | None:
+  """The optimized HLO text; None (and the reason in the report) where XLA cannot print it.
+
+  libtpu 0.0.52 with jax 0.10.2 fails to print the FlowMag v5p:4x4x8 executable (RET_CHECK
+  "async-update instruction should have 1 operands but sees 3"): memory and cost still count.
+  """
+  try:
+    return compiled.as_text()
+  except Exception as e:  # pylint: disable=broad-except  # JaxRuntimeError from XLA
+    report["collectives_error"] = _first_lines(str(e), 2)
+    return None
+
+
+def _first_lines(msg: str, n: int = 6) -> str:
+  lines = [l.strip() for l in msg.splitlines() if l.strip()]
+  return " | ".join(lines[:n])
 
 
 def format_table(reports: list[dict]) -> str:
   head = ("topology", "chips", "mesh", "B/chip", "args GiB", "out GiB", "temp GiB", "peak GiB",
           "HBM GiB", "fits", "TFLOP/chip", "GB acc/chip", "AR/AG/RS/CP/A2A", "lower s",
           "compile s")
-  rows = [head]
+  rows, errors = [head], []
   for r in reports:
-    m, c = r["memory_per_chip"], r["cost_per_chip"]
-    coll = "/".join(str(r["collectives"][op]["count"]) for op in COLLECTIVES)
     mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
-    rows.append((r["topology"] + (f" x{r['num_slices']}" if r["num_slices"] > 1 else ""),
-                 str(r["chips"]), mesh, str(r["config"]["per_chip_batch"]),
+    name = r["topology"] + (f" x{r['num_slices']}" if r["num_slices"] > 1 else "")
+    if "error" in r:
+      rows.append((name, str(r["chips"]), mesh, str(r["config"]["per_chip_batch"]),
+                   *["-"] * 4, "?" if r["hbm_per_chip"] is None else
+                   f"{r['hbm_per_chip'] / GiB:.0f}", {False: "NO", None: "?"}[r["fits"]],
+                   *["-"] * 3, f"{r['lower_s']:.1f}", f"{r['compile_s']:.1f}"))
+      errors.append(f"{name}: {r['error']}")
+      continue
+    m, c = r["memory_per_chip"], r["cost_per_chip"]
+    if "collectives_error" in r:
+      errors.append(f"{name}: collectives unknown, XLA could not print the optimized HLO: "
+                    f"{r['collectives_error']}")
+    coll = ("/".join(str(r["collectives"][op]["count"]) for op in COLLECTIVES)
+            if "collectives" in r else "?")
+    rows.append((name, str(r["chips"]), mesh, str(r["config"]["per_chip_batch"]),
                  f"{m['argument_size_in_bytes'] / GiB:.2f}",
                  f"{m['output_size_in_bytes'] / GiB:.2f}",
                  f"{m['temp_size_in_bytes'] / GiB:.2f}", f"{m['peak_memory_in_bytes'] / GiB:.2f}",
@@ -236,7 +290,7 @@ def format_table(reports: list[dict]) -> str:
                  f"{c['bytes_accessed'] / 1e9:.2f}", coll, f"{r['lower_s']:.1f}",
                  f"{r['compile_s']:.1f}"))
   widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-  return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)
+  return "\n".join(["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows] + errors)
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -253,14 +307,20 @@ def _main(argv):
   reports = []
   for topology in f.topology:
     cfg = ml_collections.ConfigDict(config.to_dict())
+    try:
+      mesh = sharding.make_mesh(cfg.mesh, devices=topology_devices(topology, f.num_slices))
+    except (ValueError, ImportError) as e:
+      print(f"aot_check: {e}", file=sys.stderr)
+      sys.exit(2)
+    shards = batch_shards(mesh)
     if f.per_device_batch:
-      try:
-        mesh = sharding.make_mesh(cfg.mesh, devices=topology_devices(topology, f.num_slices))
-      except (ValueError, ImportError) as e:
-        print(f"aot_check: {e}", file=sys.stderr)
-        sys.exit(2)
-      cfg.batch_size = f.per_device_batch * int(
-          np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
+      cfg.batch_size = f.per_device_batch * shards
+    elif cfg.batch_size % shards:  # the nearest global batch the slice can split evenly
+      new = -(-cfg.batch_size // shards) * shards
+      print(f"{topology}: config.batch_size={cfg.batch_size} does not split over {shards} batch "
+            f"shards; compiling with {new} ({new // shards} per chip). Set it with "
+            "--per_device_batch N.", flush=True)
+      cfg.batch_size = new
     hlo_path = (os.path.join(f.hlo_dir, topology.replace(":", "_") + ".hlo.txt")
                 if f.hlo_dir else None)
     if f.hlo_dir:
@@ -271,28 +331,32 @@ def _main(argv):
     except (ValueError, ImportError) as e:
       print(f"aot_check: {e}", file=sys.stderr)
       sys.exit(2)
-  print(format_table(reports))
+    print(format_table(reports[-1:]), flush=True)
+  if len(reports) > 1:
+    print(format_table(reports))
   if f.out:
     with open(f.out, "w") as fh:
       json.dump(reports, fh, indent=2)
     print(f"wrote {f.out}")
+  # Exit status 1 when a step does not fit (or did not compile): usable as a pre-launch gate.
+  sys.exit(1 if any(r.get("error") or r["fits"] is False for r in reports) else 0)
 
 
 def main():
   from absl import app, flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "ml_collections config file (with :arg).",
-                                  lock_config=True)
-  flags.DEFINE_multi_string("topology", ["v5e:4x4"], "TPU topology, e.g. v5e:4x4, v5p:4x4x8; "
-                            "repeat the flag for several.")
+  config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "flowmag.py"),
+                                  "ml_collections config file (with :arg).", lock_config=True)
+  flags.DEFINE_multi_string("topology", ["v5e:4x4", "v5p:4x4x8"], "TPU topology, e.g. v5e:4x4, "
+                            "v5p:4x4x8; repeat the flag for several.")
   flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice over DCN).")
   flags.DEFINE_string("mesh", "", "Override config.mesh, e.g. data:-1,fsdp:4.")
   flags.DEFINE_bool("fsdp", False, "Shard every kernel over the fsdp axis (config.sharding_rules).")
-  flags.DEFINE_integer("per_device_batch", 0, "Set config.batch_size to this x batch shards.")
+  flags.DEFINE_integer("per_device_batch", 0, "Set config.batch_size to this x batch shards "
+                       "(default: config.batch_size, rounded up to a multiple of the shards).")
   flags.DEFINE_enum("step", "train", ["train", "eval"], "Which jitted step to compile.")
   flags.DEFINE_string("out", "", "Write the reports as JSON here.")
   flags.DEFINE_string("hlo_dir", "", "Write each optimized HLO module here.")
-  flags.mark_flag_as_required("config")
   app.run(_main)
 
 

@@ -67,8 +67,11 @@ def make_sbatch(*, main_args: list[str], workdir: str, nodes: int = 1, gpus_per_
   extra = [f"#SBATCH --partition={partition}"] if partition else []
   extra += [f"#SBATCH --account={account}"] if account else []
   extra += ["#SBATCH --requeue", "#SBATCH --open-mode=append"] if requeue else []
-  per_node_env = (f"export JAX_LOCAL_DEVICE_IDS={','.join(str(i) for i in range(gpus_per_node))}"
-                  if per == "node" else "")
+  env = [f"export JAX_LOCAL_DEVICE_IDS={','.join(str(i) for i in range(gpus_per_node))}"
+         ] if per == "node" else []
+  if nodes * tasks > 1:  # several processes: jax.distributed.initialize() from SLURM's variables
+    env.append("export MAGPLUS_DISTRIBUTED=1")
+  per_node_env = "\n".join(env)
   return TEMPLATE.format(
       job_name=job_name, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus_per_node,
       cpus_per_task=cpus, time=time, log_dir=log_dir or workdir, extra_sbatch="\n".join(extra),

@@ -10,7 +10,8 @@
 The convention is big_vision's: the config module defines `sweep(add)` and each call
 `add(**{"model.norm": "batch", ...})` is one run of `python -m magplus_jax.main --config FILE[:arg]
 --workdir ROOT/NAME --config.model.norm=batch ...`. Every override key must exist in the config
-(the locked ConfigDict refuses others); this is checked for all runs before any starts.
+(the locked ConfigDict refuses others) and the resulting config must pass config_lib.validate;
+both are checked for all runs before any starts.
 
 Launchers: local (default; runs one after the other, continues past failures, exit status 1 if any
 failed), tpu (launch/tpu_pod.py's run command per run, one after the other on one slice), slurm (one
@@ -26,14 +27,13 @@ import shlex
 import subprocess
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
-for _p in (_ROOT, _HERE):
-  if _p not in sys.path:
-    sys.path.insert(0, _p)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # run as a script: make the repository importable
+  sys.path.insert(0, _ROOT)
 
-import slurm  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tpu_pod  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import slurm, tpu_pod  # noqa: E402
+from magplus_jax import config_lib  # noqa: E402
 
 
 def load_module(path: str):
@@ -77,12 +77,17 @@ def run_name(index: int, overrides: dict) -> str:
 
 
 def check_overrides(config, overrides: dict) -> None:
-  """Applies overrides to a copy of the locked config: unknown keys and wrong types raise."""
+  """Applies overrides to a locked copy of the config and validates the result as main would.
+
+  Unknown keys, wrong types and values config_lib.validate refuses (e.g. model.norm="layer") raise
+  ValueError naming the run's overrides, so a bad sweep fails before any run starts.
+  """
   c = config.copy_and_resolve_references()
   c.lock()
   try:
     c.update_from_flattened_dict(overrides)
-  except (KeyError, AttributeError, TypeError) as e:
+    config_lib.validate(c)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
     raise ValueError(f"sweep override {overrides}: {e}") from e
 
 

@@ -6,16 +6,18 @@
       -- --config configs/flowmag.py --config.flow.checkpoint=gs://BUCKET/raft-things
   python launch/tpu_pod.py delete --name mp --zone us-west4-a
 
-Each prints the gcloud commands it would run; add --execute to run them. Check first that the step
-fits the slice: `python launch/aot_check.py --config ... --topology v5e:4x4` (on any CPU machine).
+Each prints the gcloud commands it would run (--dry-run, the default); --execute runs them. Check
+first that the step fits the slice: `python launch/aot_check.py --config ... --topology v5e:4x4`
+(on any CPU machine).
 
 * copy: packs the files git tracks or would track in this checkout (`git ls-files -co
   --exclude-standard`: no .venv, no outputs), sends them to every worker and installs the package
   with its `tpu` extra into ~/magplus_jax/.venv (Python >= 3.11 is needed by jax 0.10; pass
   --python if the image's python3 is older). With --wheel W the wheel is installed instead and only
   configs/ and launch/ are copied as files.
-* run: the same `python -m magplus_jax.main` on all workers at once (`--worker=all`); JAX on Cloud
-  TPU finds its peers itself. On a multi-host slice the workdir must be shared storage (gs://...):
+* run: the same `python -m magplus_jax.main` on all workers at once (`--worker=all`) with
+  MAGPLUS_DISTRIBUTED=1, so each calls jax.distributed.initialize(), which finds its peers from the
+  TPU VM's metadata. On a multi-host slice the workdir must be shared storage (gs://...):
   every host writes its shards of the orbax checkpoint there, and data loading is split per host.
   The ssh session ends the job if your connection drops: use --background to start it under
   nohup with logs in ~/magplus_jax/run.log on each worker.
@@ -91,7 +93,10 @@ def run_commands(a, main_args: list[str]) -> list[str]:
                      "-- --config configs/flowmag.py")
   if any(x == "--workdir" or x.startswith("--workdir=") for x in main_args):
     raise ValueError("run: give --workdir to launch/tpu_pod.py itself, not after `--`")
-  job = _q([".venv/bin/python", "-m", "magplus_jax.main", "--workdir", a.workdir, *main_args])
+  # MAGPLUS_DISTRIBUTED=1: every worker calls jax.distributed.initialize(), which finds its peers
+  # from the TPU VM metadata (magplus_jax/sharding.py).
+  job = "MAGPLUS_DISTRIBUTED=1 " + _q([".venv/bin/python", "-m", "magplus_jax.main", "--workdir",
+                                       a.workdir, *main_args])
   if a.background:
     job = f"nohup {job} > run.log 2>&1 < /dev/null &"
   return [ssh(a, f"cd ~/{REMOTE_DIR} && {job}")]
@@ -116,7 +121,10 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--python", default="python3", help="copy: interpreter for the venv (>= 3.11).")
   p.add_argument("--workdir", default="", help="run: output directory (gs://... on multi-host).")
   p.add_argument("--background", action="store_true", help="run: nohup, log to run.log.")
-  p.add_argument("--execute", action="store_true", help="Run the commands (default: print).")
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--dry-run", action="store_true",
+                    help="Print the commands without running them (the default).")
+  mode.add_argument("--execute", action="store_true", help="Run the commands.")
   return p
 
 

@@ -307,7 +307,7 @@ def _evaluate(eval_step, state, flow_params, eval_batches, writer, step) -> dict
   writer.write_scalars(step, {f"eval/{k}": v for k, v in sums.items()})
   batch, pred = preds
   n = min(4, pred.shape[0])
-  row = np.concatenate([np.asarray(batch["ref"][:n]), np.asarray(batch["frame"][:n]),
-                        np.asarray(pred[:n]), np.asarray(batch["magnified"][:n])], axis=2)
+  row = np.concatenate([sharding.to_host(x)[:n] for x in (batch["ref"], batch["frame"], pred,
+                                                          batch["magnified"])], axis=2)
   writer.write_images(step, {"samples/ref|frame|pred|exact": np.clip(row, 0, 1)})
   return sums

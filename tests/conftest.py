@@ -44,9 +44,6 @@ def tiny_config(**overrides):
 # are collected and reported as skipped (never silently passed) until a session validates them on
 # a quiet machine and removes them from this list. See the closing notes of the issues named.
 UNVALIDATED = {
-    "test_sharding.py": "#10, helper unfinished at the end of session 1",
-    "test_sweep.py": "#10, helper unfinished at the end of session 1",
-    "test_aot_tpu.py": "#10, helper unfinished at the end of session 1",
 }
 
 

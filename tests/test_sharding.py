@@ -235,8 +235,38 @@ def test_global_batch(mesh_2x4):
     assert v.sharding == sharding.batch_sharding(mesh_2x4)
     assert len({str(s.index) for s in v.addressable_shards}) == 8
     assert {s.data.shape[0] for s in v.addressable_shards} == {1}
+  # Back to numpy on this (the only) host, shard by shard.
+  np.testing.assert_array_equal(sharding.to_host(gb["ref"]), local["ref"])
   # A mesh without an fsdp axis shards the batch over data alone.
   m = sharding.make_mesh((("data", 4),), devices=jax.devices()[:4])
   assert sharding.batch_sharding(m).spec == P(("data",))
   with pytest.raises(ValueError):
     sharding.global_batch({"ref": np.zeros((6, 2), np.float32)}, mesh_2x4)
+
+
+def test_multi_process_detection():
+  multi = sharding.is_multi_process_job
+  assert not multi({})  # a plain single-machine run
+  assert not multi({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "localhost"})
+  assert multi({"SLURM_NTASKS": "16"})
+  assert multi({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
+  assert multi({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"})
+  assert multi({"MAGPLUS_DISTRIBUTED": "1"})
+  assert not multi({"MAGPLUS_DISTRIBUTED": "0", "SLURM_NTASKS": "16"})
+
+
+def test_logical_activation_axes(mesh_2x4):
+  names = ("batch", "height", "width", "channels")
+  assert sharding.logical_spec(names, mesh_2x4) == P(("data", "fsdp"), None, None, "model")
+  # Axes the mesh lacks are dropped: one rule set serves every mesh.
+  data_only = sharding.make_mesh((("data", 8),))
+  assert sharding.logical_spec(names, data_only) == P(("data",), None, None, None)
+  with pytest.raises(ValueError, match="'depth' has no rule"):
+    sharding.logical_spec(("batch", "depth"), mesh_2x4)
+  # Inside jit the constraint lays the activation out over the mesh.
+  x = np.arange(8 * 2 * 2 * 4, dtype=np.float32).reshape(8, 2, 2, 4)
+  y = jax.jit(lambda a: sharding.constrain(a * 2, names, mesh_2x4))(x)
+  want = jax.sharding.NamedSharding(mesh_2x4, P(("data", "fsdp"), None, None, "model"))
+  assert y.sharding.is_equivalent_to(want, 4)
+  assert {s.data.shape for s in y.addressable_shards} == {(1, 2, 2, 4)}
+  np.testing.assert_array_equal(np.asarray(y), 2 * x)

@@ -3,6 +3,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -14,7 +15,7 @@ from magplus_jax import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = os.path.join(ROOT, "configs", "ablations.py")
-EXPECTED_RUNS = 13
+EXPECTED_RUNS = 16
 
 
 def _parse_like_main(main_args):
@@ -40,6 +41,17 @@ def test_dry_run_lists_every_run(capsys):
     assert argv[argv.index("--config") + 1] == ABLATIONS
     assert argv[argv.index("--workdir") + 1].startswith("/tmp/abl/")
   assert len({shlex.split(c)[4] for c in cmds}) == EXPECTED_RUNS  # distinct workdirs
+
+
+def test_scripts_run_as_commands():
+  """The README's commands, as a user types them (script mode: launch/ is not a package there)."""
+  out = subprocess.run([sys.executable, "launch/sweep.py", "--config", "configs/ablations.py",
+                        "--dry-run"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+  assert out.startswith(f"# {EXPECTED_RUNS} runs from configs/ablations.py (local)")
+  out = subprocess.run([sys.executable, "launch/tpu_pod.py", "delete", "--name", "mp", "--zone",
+                        "z", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                       check=True).stdout
+  assert out.startswith("gcloud compute tpus tpu-vm delete mp")
 
 
 def test_every_override_exists_and_parses():
@@ -71,6 +83,9 @@ def test_unknown_or_mistyped_key_fails(tmp_path, capsys):
     sweep.check_overrides(config, {"model.levels": "five"})
   with pytest.raises(ValueError):
     sweep.check_overrides(config, {"no_such_section.x": 1})
+  # A known key with a value config_lib.validate refuses fails before any run starts.
+  with pytest.raises(ValueError, match="config.model.norm='layer'"):
+    sweep.check_overrides(config, {"model.norm": "layer"})
   bad = tmp_path / "bad_sweep.py"
   bad.write_text("from configs.ablations import get_config\n"
                  "def sweep(add):\n  add(**{'model.norm': 'batch'})\n"
@@ -119,6 +134,9 @@ def test_slurm_script_per_gpu_and_per_node(tmp_path):
                               repo="/src/magplus")
   assert "#SBATCH --nodes=2" in per_gpu and "#SBATCH --ntasks-per-node=4" in per_gpu
   assert "#SBATCH --gpus-per-node=4" in per_gpu and "JAX_LOCAL_DEVICE_IDS" not in per_gpu
+  assert "export MAGPLUS_DISTRIBUTED=1" in per_gpu  # 8 processes: jax.distributed from SLURM
+  one = slurm.make_sbatch(main_args=args, workdir="/w", nodes=1, gpus_per_node=4, per="node")
+  assert "MAGPLUS_DISTRIBUTED" not in one  # a single process needs no jax.distributed
   srun = [l for l in per_gpu.splitlines() if l.startswith("srun ")]
   assert len(srun) == 1
   argv = shlex.split(srun[0])
@@ -177,6 +195,7 @@ def test_tpu_pod_commands():
   assert "tpu-vm ssh mp" in run and "--worker=all" in run
   remote = [a for a in shlex.split(run) if a.startswith("--command=")][0]
   assert "-m magplus_jax.main --workdir gs://b/run --config configs/flowmag.py" in remote
+  assert "MAGPLUS_DISTRIBUTED=1 " in remote  # every worker initialises jax.distributed
   (delete,) = _cmds(["delete", *where])
   assert delete.startswith("gcloud compute tpus tpu-vm delete mp") and "--quiet" in delete
   for bad in (["run", *where, "--", "--config", "c.py"],  # no --workdir
@@ -185,9 +204,24 @@ def test_tpu_pod_commands():
     with pytest.raises(ValueError):
       tpu_pod.commands(bad)
   assert tpu_pod.main(["run", *where, "--workdir", "gs://b"]) == 2
+  assert tpu_pod.main(["delete", *where, "--dry-run"]) == 0  # prints only
+  with pytest.raises(SystemExit):
+    tpu_pod.parser().parse_args(["delete", *where, "--dry-run", "--execute"])
+
+
+def _keys(d, prefix=""):
+  out = set()
+  for k, v in d.items():
+    out |= _keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+  return out
 
 
 def test_configs_build():
+  # Config files only change fields of the base config: a misspelt key would silently add a new
+  # one (get_config's ConfigDict is not locked yet), e.g. data.eval_examples for num_eval_examples.
+  base = _keys(config_lib.base_config().to_dict())
+  for module in (flowmag, ablations):
+    assert _keys(module.get_config().to_dict()) == base, module.__name__
   for arg in (None, "demag", "shared"):
     for module in (flowmag, ablations):
       config_lib.validate(module.get_config(arg))
