@@ -65,12 +65,12 @@ def adapt(mag: Magnifier, frames, alpha: float, flow: FlowEstimator, loss_config
 
   opt_state = tx.init(params)
   batches = _frame_batches(frames.shape[0], frames_per_step, steps)
-  first = last = None
-  for i, idx in enumerate(batches):
+  step_losses = []  # kept on device: one transfer at the end, no sync per step
+  for idx in batches:
     clip = jnp.concatenate([frames[:1], frames[idx]])[None]
     params, opt_state, loss = step(params, opt_state, clip)
-    first = float(loss) if i == 0 else first
-    last = float(loss)
+    step_losses.append(loss)
+  first, last = float(step_losses[0]), float(step_losses[-1])
   if not np.isfinite(last):
     raise FloatingPointError(f"test-time adaptation of {mag.name!r} diverged (loss {last}); lower "
                              "config.generate.tta_learning_rate or set tta_steps=0")

@@ -16,6 +16,10 @@ ConfigDict = ml_collections.ConfigDict
 
 # alpha ranges of the three training tasks (DESIGN.md); alpha_max is config.data.alpha_max.
 TASKS = ("magplus", "demag", "shared")
+# config.mode -> (module of magplus_jax, its job function(config, workdir)); main.py dispatches on it.
+MODES = {"train": ("train", "train_and_evaluate"), "evaluate": ("evaluate", "evaluate"),
+         "generate": ("generate", "generate"), "protocol": ("protocol_main", "protocol"),
+         "evaluate_generation": ("evaluate_generation", "evaluate_generation")}
 
 
 def base_config() -> ConfigDict:
@@ -70,9 +74,8 @@ def alpha_range(config) -> tuple[float, float]:
 
 def validate(config) -> None:
   """Raises ValueError naming the field for values that would otherwise fail deep inside a run."""
-  modes = ("train", "evaluate", "generate", "protocol", "evaluate_generation")
-  if config.mode not in modes:
-    raise ValueError(f"config.mode={config.mode!r}: choose one of {modes}")
+  if config.mode not in MODES:
+    raise ValueError(f"config.mode={config.mode!r}: choose one of {sorted(MODES)}")
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}: choose one of {TASKS}")
   a = config.data.alpha_max

@@ -1,6 +1,6 @@
 """python -m magplus_jax.main --config configs/<name>.py[:arg] --workdir DIR [--config.x=y ...]
 
-config.mode picks the job (MODES): train (train.py), evaluate (evaluate.py), generate
+config.mode picks the job (config_lib.MODES): train (train.py), evaluate (evaluate.py), generate
 (generate.py), protocol (protocol_main.py: the synthetic magnification protocol) or
 evaluate_generation (evaluate_generation.py: the pipeline against the backbone alone).
 Bad input (unknown config keys, wrong values, missing or corrupt files, a checkpoint of another
@@ -14,15 +14,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from magplus_jax import config_lib
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and outputs.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for input errors.")
-
-# config.mode -> (module of magplus_jax, its job function(config, workdir)).
-MODES = {"train": ("train", "train_and_evaluate"), "evaluate": ("evaluate", "evaluate"),
-         "generate": ("generate", "generate"), "protocol": ("protocol_main", "protocol"),
-         "evaluate_generation": ("evaluate_generation", "evaluate_generation")}
 
 # Exceptions that mean "the input is wrong", reported in one line.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError)
@@ -77,9 +74,9 @@ def main(argv):
   if not _WORKDIR.value:
     _fail("bad command line: ", ValueError("--workdir is required"), 2)
   try:
-    if config.mode not in MODES:
-      raise ValueError(f"config.mode={config.mode!r}: choose one of {sorted(MODES)}")
-    module, function = MODES[config.mode]
+    if config.mode not in config_lib.MODES:
+      raise ValueError(f"config.mode={config.mode!r}: choose one of {sorted(config_lib.MODES)}")
+    module, function = config_lib.MODES[config.mode]
     getattr(importlib.import_module(f"magplus_jax.{module}"), function)(config, _WORKDIR.value)
   except USER_ERRORS as e:
     if _DEBUG.value:
