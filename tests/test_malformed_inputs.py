@@ -23,12 +23,19 @@ LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
 ERROR_PREFIX = "magplus_jax"
 
 
+def loud_tensorflow_env() -> dict:
+  """The environment of a shell that asks TensorFlow for every C++ log line and for its oneDNN
+  paths (as TensorFlow picks them itself on AVX-512/AMX CPUs): the CLI must still print one line,
+  whatever pytest's own environment (tests/conftest.py quiets TensorFlow) or the CPU."""
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_ENABLE_ONEDNN_OPTS="1")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   base = tmp_path_factory.mktemp("malformed")
   root, out = str(base / "corpus"), str(base / "results.json")
   proc = subprocess.run([sys.executable, mc.__file__, root, out], capture_output=True, text=True,
-                        timeout=1200, cwd=mc.ROOT_DIR)
+                        timeout=1200, cwd=mc.ROOT_DIR, env=loud_tensorflow_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out) as f:
     return root, json.load(f)
@@ -83,7 +90,7 @@ def test_driver_matches_real_cli(corpus):
     mc.populate_workdir(workdir, root)
     argv = [a.replace("{R}", root).replace("{W}", workdir) for a in case.args]
     proc = subprocess.run([sys.executable, "-m", "magplus_jax.main"] + argv, capture_output=True,
-                          text=True, timeout=600, cwd=mc.ROOT_DIR)
+                          text=True, timeout=600, cwd=mc.ROOT_DIR, env=loud_tensorflow_env())
     assert proc.returncode == results[cid]["status"], proc.stderr[-2000:]
     assert error_lines(proc.stderr) == error_lines(results[cid]["stderr"])
 
