@@ -15,15 +15,44 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from magplus_jax.ports.common import CheckpointMismatchError
-
 META_FILE = "magplus_meta.json"
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not hold the model it is given as."""
+
+
+def check_state_dict(sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
+                     what: str, ignore: tuple[str, ...] = ("num_batches_tracked",)) -> None:
+  """Raises CheckpointMismatchError unless `sd` has exactly the expected names and shapes.
+
+  expected: name -> shape. Keys ending in any of `ignore` are skipped on both sides.
+  """
+  keep = lambda k: not k.endswith(ignore)
+  have = {k for k in sd if keep(k)}
+  want = {k for k in expected if keep(k)}
+  missing = sorted(want - have)
+  unexpected = sorted(have - want)
+  shapes = sorted(f"{k}: checkpoint {tuple(np.shape(sd[k]))}, model {tuple(expected[k])}"
+                  for k in have & want if tuple(np.shape(sd[k])) != tuple(expected[k]))
+  if not (missing or unexpected or shapes):
+    return
+  def show(items, n=8):
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+  parts = [f"{what}: the checkpoint does not match the model."]
+  if missing:
+    parts.append(f"missing keys ({len(missing)}): {show(missing)}")
+  if unexpected:
+    parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+  if shapes:
+    parts.append(f"shape mismatches ({len(shapes)}): {show(shapes)}")
+  raise CheckpointMismatchError("\n  ".join(parts))
 
 
 def save_pretrained(out_dir: str, params: Any, *, model: str, config: dict | None = None,

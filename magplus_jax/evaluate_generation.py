@@ -290,9 +290,7 @@ def format_table(summary: dict) -> str:
 # ------------------------------------------------------------------------------------------ the job
 def validate(config) -> None:
   """The base checks (config_lib.validate) plus this mode's fields; ValueError naming the field."""
-  base = ml_collections.ConfigDict(config.to_dict())
-  base.mode = "generate"  # config_lib.validate knows the modes main.py dispatches
-  config_lib.validate(base)
+  config_lib.validate(config)
   ev = config.evaluate_generation
   if int(ev.num_clips) < 1:
     raise ValueError(f"config.evaluate_generation.num_clips={ev.num_clips}: must be >= 1")

@@ -119,9 +119,7 @@ def _header(results: dict) -> str:
 
 def protocol(config, workdir: str) -> dict:
   """Runs the protocol, writes the report into workdir; returns the results (with "skipped")."""
-  base = ml_collections.ConfigDict(config.to_dict())
-  base.mode = "evaluate"  # config_lib.validate knows the modes main.py dispatches
-  config_lib.validate(base)
+  config_lib.validate(config)
   bad = [t for t in config.protocol.tests if t not in ("subpixel", "noise")]
   if bad or not config.protocol.tests:
     raise ValueError(f"config.protocol.tests={tuple(config.protocol.tests)}: choose from "

@@ -3,7 +3,8 @@
 Every port (FOMM, RAFT, MetaPortrait, EMOPortraits), the magnifier losses and the warp backbone go
 through these functions, so a convention is decided once. All tensors are channels-last (NHWC,
 NDHWC). Sampling is bilinear / trilinear with **zeros padding**, matching torch's
-`F.grid_sample(mode="bilinear", padding_mode="zeros")`.
+`F.grid_sample(mode="bilinear", padding_mode="zeros")`; 2-D grid_sample also has torch's
+"reflection" padding (MetaPortrait's deformation).
 
 align_corners (torch's meaning, for normalised coordinates in [-1, 1]):
   * True:  -1 and +1 are the centres of the first and last pixel: px = (x + 1) / 2 * (W - 1).
@@ -61,14 +62,31 @@ def sample_pixels(image: Array, x: Array, y: Array) -> Array:
   return out
 
 
-def grid_sample(image: Array, grid: Array, align_corners: bool = False) -> Array:
-  """torch.nn.functional.grid_sample (bilinear, zeros padding) in NHWC.
+def reflect_coordinates(coord: Array, size: int) -> Array:
+  """torch grid_sample's reflection padding (align_corners=False) on pixel coordinates: the
+  image is mirrored about its outer edges (-0.5 and size - 0.5), so every coordinate lands inside."""
+  c = jnp.abs(coord + 0.5)
+  flips = jnp.floor(c / size)
+  extra = jnp.mod(c, size)
+  out = jnp.where(jnp.mod(flips, 2) == 0, extra - 0.5, size - extra - 0.5)
+  return jnp.clip(out, 0.0, size - 1.0)
+
+
+def grid_sample(image: Array, grid: Array, align_corners: bool = False,
+                padding: str = "zeros") -> Array:
+  """torch.nn.functional.grid_sample (bilinear; padding_mode "zeros" or "reflection") in NHWC.
 
   image: [B, H, W, C]; grid: [B, h, w, 2] with (x, y) in [-1, 1]. Returns [B, h, w, C].
   """
   _, h, w, _ = image.shape
   x = _unnormalize(grid[..., 0], w, align_corners)
   y = _unnormalize(grid[..., 1], h, align_corners)
+  if padding == "reflection":
+    if align_corners:
+      raise ValueError("grid_sample: reflection padding is implemented for align_corners=False")
+    x, y = reflect_coordinates(x, w), reflect_coordinates(y, h)
+  elif padding != "zeros":
+    raise ValueError(f"grid_sample: padding {padding!r}; choose 'zeros' or 'reflection'")
   return sample_pixels(image, x, y)
 
 

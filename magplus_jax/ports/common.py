@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint does not hold the model it is given as."""
+# Defined in the checkpoint layer, which the models use too (models must not import ports);
+# re-exported here for the converters.
+from magplus_jax.checkpointing import CheckpointMismatchError, check_state_dict  # pylint: disable=unused-import
 
 
 def load_torch_file(path: str) -> dict:
@@ -60,33 +60,6 @@ def run_cli(main: Callable[[], Any], prog: str) -> Any:
 def strip_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict:
   """Drops `prefix` (e.g. DataParallel's 'module.') from the keys that carry it."""
   return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
-
-
-def check_state_dict(sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
-                     what: str, ignore: tuple[str, ...] = ("num_batches_tracked",)) -> None:
-  """Raises CheckpointMismatchError unless `sd` has exactly the expected names and shapes.
-
-  expected: name -> shape. Keys ending in any of `ignore` are skipped on both sides.
-  """
-  keep = lambda k: not k.endswith(ignore)
-  have = {k for k in sd if keep(k)}
-  want = {k for k in expected if keep(k)}
-  missing = sorted(want - have)
-  unexpected = sorted(have - want)
-  shapes = sorted(f"{k}: checkpoint {tuple(np.shape(sd[k]))}, model {tuple(expected[k])}"
-                  for k in have & want if tuple(np.shape(sd[k])) != tuple(expected[k]))
-  if not (missing or unexpected or shapes):
-    return
-  def show(items, n=8):
-    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
-  parts = [f"{what}: the checkpoint does not match the model."]
-  if missing:
-    parts.append(f"missing keys ({len(missing)}): {show(missing)}")
-  if unexpected:
-    parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
-  if shapes:
-    parts.append(f"shape mismatches ({len(shapes)}): {show(shapes)}")
-  raise CheckpointMismatchError("\n  ".join(parts))
 
 
 def conv_kernel(w: np.ndarray) -> np.ndarray:

@@ -159,15 +159,6 @@ class Hourglass(nnx.Module):
     return out, outs
 
 
-def _reflect(coord: Array, size: int) -> Array:
-  """torch grid_sample's reflection padding (align_corners=False) on pixel coordinates."""
-  c = jnp.abs(coord + 0.5)
-  flips = jnp.floor(c / size)
-  extra = jnp.mod(c, size)
-  out = jnp.where(jnp.mod(flips, 2) == 0, extra - 0.5, size - extra - 0.5)
-  return jnp.clip(out, 0.0, size - 1.0)
-
-
 def deform(x: Array, deformation: Array) -> Array:
   """The official `deform_input`: resize the deformation to x, then sample with reflection.
 
@@ -175,9 +166,7 @@ def deform(x: Array, deformation: Array) -> Array:
   """
   _, h, w, _ = x.shape
   grid = resample.resize_bilinear(deformation, (h, w))
-  px = _reflect(((grid[..., 0] + 1.0) * w - 1.0) * 0.5, w)
-  py = _reflect(((grid[..., 1] + 1.0) * h - 1.0) * 0.5, h)
-  return resample.sample_pixels(x, px, py)
+  return resample.grid_sample(x, grid, padding="reflection")
 
 
 class SPADE(nnx.Module):

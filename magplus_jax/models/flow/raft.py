@@ -27,10 +27,9 @@ import jax.numpy as jnp
 from flax import nnx
 from flax import traverse_util
 
-from magplus_jax.checkpointing import load_pretrained
+from magplus_jax.checkpointing import check_state_dict, load_pretrained
 from magplus_jax.models import resample
 from magplus_jax.models.flow import FlowEstimator
-from magplus_jax.ports.common import check_state_dict
 
 Array = jax.Array
 
