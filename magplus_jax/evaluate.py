@@ -31,10 +31,14 @@ from magplus_jax.models.flow import get_flow
 
 
 def magnifier_config(config, checkpoint: str = "", label: str = "magplus",
-                     repeats: int = 1) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(name="magplus", model=config.model.to_dict(),
-                                        checkpoint=checkpoint, seed=config.seed, label=label,
-                                        repeats=repeats))
+                     repeats: int | None = None) -> ml_collections.ConfigDict:
+  """repeats None: the network's applications per frame follow each alpha (magnifier.build)."""
+  gen = config.get("generate", None)
+  max_repeats = gen.get("max_repeats", None) if gen is not None else None
+  return ml_collections.ConfigDict(dict(
+      name="magplus", model=config.model.to_dict(), checkpoint=checkpoint, seed=config.seed,
+      label=label, repeats=repeats, alpha_max=float(config.data.alpha_max),
+      max_repeats=int(max_repeats or magnifier_lib.DEFAULT_MAX_REPEATS)))
 
 
 def heldout_pairs(config, alpha: float, n: int) -> dict:
@@ -48,7 +52,9 @@ def heldout_pairs(config, alpha: float, n: int) -> dict:
 
 
 def _score(flow, mag: magnifiers.Magnifier, pairs: dict, alpha: float, batch_size: int) -> dict:
-  clip_fn = jax.jit(mag.magnify_clip)
+  # Not wrapped in jit here: every magnifier jits its own work, and MagPlus picks its number of
+  # applications from the concrete alpha (refusing one beyond its reach).
+  clip_fn = mag.magnify_clip
 
   @jax.jit
   def score(ref, frame, pred, exact, a):
@@ -73,7 +79,7 @@ def _score(flow, mag: magnifiers.Magnifier, pairs: dict, alpha: float, batch_siz
 
 
 def _roundtrip(flow, mag, demag, pairs: dict, alpha: float, batch_size: int) -> dict:
-  mag_fn, demag_fn = jax.jit(mag.magnify_clip), jax.jit(demag.magnify_clip)
+  mag_fn, demag_fn = mag.magnify_clip, demag.magnify_clip  # jitted inside (see _score)
   n = pairs["ref"].shape[0]
   out = {"roundtrip_motion_error": 0.0, "roundtrip_ratio": 0.0}
   for i in range(0, n, batch_size):

@@ -47,6 +47,7 @@ Why this default (session 2, configs/default.py data, 200-300 steps, held-out pa
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -184,34 +185,90 @@ def repeats_for(alpha: float, alpha_max: float, max_repeats: int) -> int:
   return k
 
 
-def magnify_clip_fn(graphdef, repeats: int = 1):
+# Defaults for magnifier configs that do not say (config_lib.base_config().data.alpha_max and
+# configs/generate.py's max_repeats).
+DEFAULT_ALPHA_MAX = 16.0
+DEFAULT_MAX_REPEATS = 2
+
+
+def _apply(model, frames, alpha, repeats: int):
+  """The network over a clip: every frame against frame 0, `repeats` times at alpha**(1/repeats)."""
+  b, t, h, w, c = frames.shape
+  ref = jnp.broadcast_to(frames[:, :1], frames.shape).reshape(b * t, h, w, c)
+  cur = frames.reshape(b * t, h, w, c)
+  a = jnp.asarray(alpha, frames.dtype)
+  if a.ndim not in (1, 4):
+    raise ValueError(f"alpha must be [B] or [B, T, H, W]; got shape {a.shape}")
+  a = jnp.repeat(a, t, axis=0) if a.ndim == 1 else a.reshape(b * t, h, w)
+  a = a ** (1.0 / repeats)
+  for _ in range(repeats):
+    cur = model(ref, cur, a, train=False)
+  out = cur.reshape(b, t, h, w, c)
+  # The motion from frame 0 to itself is zero: frame 0 is returned exactly (the interface's promise;
+  # the network alone reproduces it only up to its residual branch).
+  return out.at[:, 0].set(frames[:, 0])
+
+
+def _concrete_repeats(alpha, alpha_max: float, max_repeats: int) -> int:
+  """repeats_for over every alpha in a concrete [B] or [B, T, H, W] alpha (its extremes)."""
+  a = jnp.asarray(alpha)
+  lo, hi = (float(v) for v in jax.device_get((jnp.min(a), jnp.max(a))))
+  return max(repeats_for(hi, alpha_max, max_repeats), repeats_for(lo, alpha_max, max_repeats))
+
+
+def magnify_clip_fn(graphdef, repeats: int | None = None, *, alpha_max: float = DEFAULT_ALPHA_MAX,
+                    max_repeats: int = DEFAULT_MAX_REPEATS):
   """Returns magnify_clip(variables, frames [B,T,H,W,3], alpha [B] | [B,T,H,W]) for the interface.
 
-  Each frame is magnified against frame 0, `repeats` times with alpha**(1/repeats) each (the
-  caller picks `repeats` from the concrete alpha with `repeats_for`).
+  Each frame is magnified against frame 0, k times with alpha**(1/k) each; output frame 0 is input
+  frame 0 exactly. The work is one jitted function of (variables, frames, alpha) per k: alpha is a
+  traced argument, so a new alpha value with the same k does not recompile.
+
+  k: `repeats` when given (the caller's choice, not checked against alpha: e.g. a deliberate single
+  application beyond alpha_max). Otherwise it follows alpha at call time: with a concrete alpha,
+  k = repeats_for(alpha, alpha_max, max_repeats) over all its values (per-pixel maps: their
+  extremes), which raises ValueError for an invalid alpha or one beyond alpha_max ** max_repeats;
+  with a traced alpha (called inside the caller's jit / grad), k is chosen on device with
+  lax.switch over 1..max_repeats (capped at max_repeats: a traced value cannot raise).
   """
+  if repeats is not None and int(repeats) < 1:
+    raise ValueError(f"magnifier repeats={repeats}: must be >= 1 (or unset: follow alpha)")
+
+  def run(variables, frames, alpha, k):
+    return _apply(nnx.merge(graphdef, *variables), frames, alpha, k)
+
+  jitted = jax.jit(run, static_argnums=3)
+
   def magnify_clip(variables, frames, alpha):
-    model = nnx.merge(graphdef, *variables)
-    b, t, h, w, c = frames.shape
-    ref = jnp.broadcast_to(frames[:, :1], frames.shape).reshape(b * t, h, w, c)
-    cur = frames.reshape(b * t, h, w, c)
-    a = jnp.asarray(alpha, frames.dtype)
-    a = jnp.repeat(a, t, axis=0) if a.ndim == 1 else a.reshape(b * t, h, w)
-    a = a ** (1.0 / repeats)
-    for _ in range(repeats):
-      cur = model(ref, cur, a, train=False)
-    return cur.reshape(b, t, h, w, c)
+    alpha = jnp.asarray(alpha, jnp.asarray(frames).dtype)
+    if repeats is not None:
+      return jitted(variables, frames, alpha, int(repeats))
+    if not isinstance(alpha, jax.core.Tracer):
+      return jitted(variables, frames, alpha, _concrete_repeats(alpha, alpha_max, max_repeats))
+    if max_repeats == 1:
+      return jitted(variables, frames, alpha, 1)
+    a = jnp.max(jnp.maximum(alpha, 1.0 / alpha))
+    # float32 on device: the slack is 1e-6 (repeats_for, on the host in float64, uses 1e-9).
+    k = jnp.clip(jnp.ceil(jnp.log(a) / math.log(alpha_max) - 1e-6).astype(jnp.int32), 1,
+                 max_repeats)
+    branches = [functools.partial(jitted, k=i) for i in range(1, max_repeats + 1)]
+    return jax.lax.switch(k - 1, branches, variables, frames, alpha)
+
+  magnify_clip.jitted = jitted  # for tests / inspection
   return magnify_clip
 
 
 def build(magnifier_config) -> magnifiers.Magnifier:
   """A Magnifier from `magnifier_config` (fields: model (ConfigDict), checkpoint ('' = untrained),
-  seed, repeats)."""
+  seed, label; repeats (unset / None: follow alpha at call time), alpha_max (the network's training
+  range, config.data.alpha_max), max_repeats (config.generate.max_repeats))."""
   model = create(magnifier_config.model, magnifier_config.get("seed", 0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   variables = (nnx.to_pure_dict(params), nnx.to_pure_dict(rest))
   if magnifier_config.get("checkpoint", ""):
     from magplus_jax import checkpointing  # pylint: disable=g-import-not-at-top
     variables = checkpointing.load_magnifier_variables(magnifier_config.checkpoint, variables)
-  return magnifiers.Magnifier(magnifier_config.get("label", "magplus"), variables,
-                              magnify_clip_fn(graphdef, magnifier_config.get("repeats", 1)))
+  fn = magnify_clip_fn(graphdef, magnifier_config.get("repeats", None),
+                       alpha_max=float(magnifier_config.get("alpha_max", DEFAULT_ALPHA_MAX)),
+                       max_repeats=int(magnifier_config.get("max_repeats", DEFAULT_MAX_REPEATS)))
+  return magnifiers.Magnifier(magnifier_config.get("label", "magplus"), variables, fn)

@@ -4,8 +4,8 @@
       -> [B, T, H, W, 3]
 
 Motion is magnified relative to the clip's first frame: output frame t shows frame 0 moved by
-alpha x (the motion from frame 0 to frame t). Output frame 0 equals input frame 0 up to the model's
-reconstruction error. Frames are RGB in [0, 1]. Classical methods (Eulerian, phase-based) may use the
+alpha x (the motion from frame 0 to frame t). Output frame 0 equals input frame 0 (MagPlus returns it
+exactly, the classical methods up to float rounding). Frames are RGB in [0, 1]. Classical methods (Eulerian, phase-based) may use the
 whole time axis (temporal band-pass); MagPlus works frame by frame against frame 0.
 
 Magnifiers are chosen by name: "magplus" (a trained checkpoint, or an untrained network),
