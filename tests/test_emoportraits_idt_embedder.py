@@ -12,9 +12,12 @@ float64 run by 3.6e-5 and from a float32 run with other conv kernels (no mkldnn)
     at ~3.6e-5 (3.1e-5 here). atol = 1.5 x 3.6e-5: margin for the rounding of the folded weights,
     well below the 1.1e-4 of #21 (GroupNorm statistics were forced to float32 even in a float64
     run, so "float64" was not float64).
-  * float32: a correct port should be at the official float32-vs-float32 level (3.9e-5 here).
-    atol = 1.5 x 5.1e-5; #21's second cause, GroupNorm means taken as one long float32 running sum
-    over up to 32768 terms, gave 1.1e-4.
+  * float32: our float32 differs from the exact result by our own rounding, which on another CPU
+    (other conv kernels) can be as large as the official code's 5.1e-5, and the stored numbers
+    differ from the exact result by 3.6e-5; by the triangle inequality a correct port is within
+    3.6e-5 + 5.1e-5 = 8.7e-5 on any CPU (3.9e-5 here). atol = 1.15 x that = 1.0e-4, just under
+    #21's second cause (GroupNorm means as one long float32 running sum over up to 32768 terms:
+    1.1e-4); the float64 case is the tight guard.
 
 Cheap (~30 s on 2 cores): only the embedder's 24.6 M weights are converted (through the real
 converter rules) and one 256 px ResNet-50 pass per dtype is run; golden_utils still regenerates
@@ -36,7 +39,8 @@ from magplus_jax.ports import emoportraits as P
 FIXTURE = "emoportraits_512"
 OFFICIAL_F64_DIFF = 3.6e-5           # README tolerance table: official float64 vs stored float32
 OFFICIAL_F32_DIFF = 5.1e-5           # README tolerance table: official no-mkldnn float32 vs stored
-ATOL = {"float64": 1.5 * OFFICIAL_F64_DIFF, "float32": 1.5 * OFFICIAL_F32_DIFF}
+ATOL = {"float64": 1.5 * OFFICIAL_F64_DIFF,
+        "float32": 1.15 * (OFFICIAL_F64_DIFF + OFFICIAL_F32_DIFF)}
 
 
 def _embedder(sd, cfg, dtype):
