@@ -20,11 +20,9 @@ alpha). k is chosen inside the jitted function from the batch's alpha (one compi
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -64,9 +62,7 @@ def _network(config, checkpoint: str, label: str) -> magnifiers_lib.Magnifier:
   fns = [b.magnify_clip for b in builds]
 
   def magnify_clip(variables, frames, alpha):
-    a = jnp.max(jnp.maximum(alpha, 1.0 / alpha))
-    k = jnp.ceil(jnp.log(a) / math.log(alpha_max) - 1e-6).astype(jnp.int32)
-    k = jnp.clip(k, 1, max_repeats)
+    k = magnifier_lib.device_repeats(alpha, alpha_max, max_repeats)
     return jax.lax.switch(k - 1, fns, variables, frames, alpha)
 
   return magnifiers_lib.Magnifier(label, builds[0].params, magnify_clip)

@@ -216,6 +216,15 @@ def _concrete_repeats(alpha, alpha_max: float, max_repeats: int) -> int:
   return max(repeats_for(hi, alpha_max, max_repeats), repeats_for(lo, alpha_max, max_repeats))
 
 
+def device_repeats(alpha: Array, alpha_max: float, max_repeats: int) -> Array:
+  """repeats_for on device, for a traced alpha: an int32 count in [1, max_repeats], capped there
+  (a traced value cannot raise). float32 on device: the slack is 1e-6 (repeats_for, on the host in
+  float64, uses 1e-9)."""
+  a = jnp.max(jnp.maximum(alpha, 1.0 / alpha))
+  k = jnp.ceil(jnp.log(a) / math.log(alpha_max) - 1e-6).astype(jnp.int32)
+  return jnp.clip(k, 1, max_repeats)
+
+
 def magnify_clip_fn(graphdef, repeats: int | None = None, *, alpha_max: float = DEFAULT_ALPHA_MAX,
                     max_repeats: int = DEFAULT_MAX_REPEATS):
   """Returns magnify_clip(variables, frames [B,T,H,W,3], alpha [B] | [B,T,H,W]) for the interface.
@@ -247,10 +256,7 @@ def magnify_clip_fn(graphdef, repeats: int | None = None, *, alpha_max: float = 
       return jitted(variables, frames, alpha, _concrete_repeats(alpha, alpha_max, max_repeats))
     if max_repeats == 1:
       return jitted(variables, frames, alpha, 1)
-    a = jnp.max(jnp.maximum(alpha, 1.0 / alpha))
-    # float32 on device: the slack is 1e-6 (repeats_for, on the host in float64, uses 1e-9).
-    k = jnp.clip(jnp.ceil(jnp.log(a) / math.log(alpha_max) - 1e-6).astype(jnp.int32), 1,
-                 max_repeats)
+    k = device_repeats(alpha, alpha_max, max_repeats)
     branches = [functools.partial(jitted, k=i) for i in range(1, max_repeats + 1)]
     return jax.lax.switch(k - 1, branches, variables, frames, alpha)
 
