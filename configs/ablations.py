@@ -10,9 +10,10 @@ one accelerator: a 4-level width-32 U-Net on 128x128 procedural frames (128 px i
   * normalisation: group (base) / batch (FlowMag's) / none;
   * loss weights: the colour term off / 10 (FlowMag's) / 100 (base 1); a supervised pixel term
     added (w_pixel 1, the procedural data knows the exact magnified frame) and the pixel term alone;
-  * network output: the gate started at linear magnification (gate_init 1; base 0, the identity),
-    the plain "alpha_residual" form and FlowMag's "sigmoid" RGB (models/magnifier.py);
-  * alpha range: alpha_max 4 / 32 (base 16);
+  * network output: the base is the Lagrangian form; the Eulerian gate (started at the identity, and
+    at linear magnification, gate_init 1), the plain "alpha_residual" form and FlowMag's "sigmoid"
+    RGB (models/magnifier.py);
+  * alpha range: alpha_max 16 / 32 (base 256, the shipped networks' range);
   * DeMagPlus: separate networks are the base magplus run plus the `task=demag` run; one shared
     network over [1/alpha_max, alpha_max] is the `task=shared` run;
   * flow network in the loss: RAFT (its converted weights at config.flow.checkpoint; pass
@@ -54,10 +55,10 @@ def sweep(add):
     add(**{"loss.w_color": w})
   add(**{"loss.w_pixel": 1.0})
   add(**{"loss.w_mag": 0.0, "loss.w_color": 0.0, "loss.w_pixel": 1.0})
-  add(**{"model.gate_init": 1.0})
-  for output in ("alpha_residual", "sigmoid"):
+  add(**{"model.output": "eulerian_gate", "model.gate_init": 1.0})
+  for output in ("eulerian_gate", "alpha_residual", "sigmoid"):
     add(**{"model.output": output})
-  for a in (4.0, 32.0):
+  for a in (16.0, 32.0):
     add(**{"data.alpha_max": a})
   for task in ("demag", "shared"):
     add(task=task)

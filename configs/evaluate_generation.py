@@ -6,8 +6,8 @@
       [--config.backbone.name=fomm --config.backbone.checkpoint=converted/fomm --config.backbone.image_size=256]
 
 Everything of configs/generate.py (backbone, flow, magnifier checkpoints, alpha calibration, chunk)
-applies; magnifiers missing from the config are taken from / trained into <workdir>/magplus and
-<workdir>/demag exactly as `generate` does. arg = backbone name. Metrics: magplus_jax/evaluate_generation.py.
+applies; magnifiers missing from the config are taken from <workdir>/magplus and <workdir>/demag,
+else the shipped weights, exactly as `generate` does. arg = backbone name. Metrics: magplus_jax/evaluate_generation.py.
 """
 import importlib.util
 import os

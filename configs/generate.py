@@ -6,7 +6,8 @@
 
 Without source/driving: the embedded default (grace_hopper.jpg from matplotlib, animated by a
 procedural micro-expression clip on scikit-image's astronaut). Without magnifier checkpoints:
-<workdir>/magplus and <workdir>/demag, trained there first if missing. arg = backbone name.
+<workdir>/magplus and <workdir>/demag if they hold one, else the weights shipped in
+magplus_jax/pretrained. arg = backbone name.
 """
 import ml_collections
 
@@ -28,13 +29,12 @@ def get_config(arg=None):
   config.generate = ml_collections.ConfigDict(dict(
       alpha=0.0,              # > 0: fixed alpha; 0: calibrated per clip
       motion_target=0.0,      # > 0: overrides the target stored with the MagPlus checkpoint
-      max_repeats=2,          # alpha up to alpha_max ** max_repeats by repeated application
+      max_repeats=1,          # >1: alpha up to alpha_max ** max_repeats by repeated application
       chunk=8,                # frames per jitted pipeline call
       crop=True,              # face crop (one box per clip) before resizing
       max_frames=300,
       default_num_frames=24,  # length of the embedded procedural clip
       magplus_checkpoint="", demag_checkpoint="",
-      pretrain_steps=200,
       tta_steps=0,            # > 0: test-time adaptation of MagPlus on the driving clip (FlowMag)
       tta_learning_rate=1e-4))
   return config

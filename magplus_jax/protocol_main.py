@@ -9,63 +9,46 @@ and `write_report` into the workdir (synthetic_protocol.md / .json, one PNG per 
   * "phase_yiq": phase-based with color_mode="yiq" (all three channels magnified);
   * "magplus": the trained network. Its checkpoint is config.protocol.checkpoint, else the first of
     <workdir>/magplus and <workdir> that holds a training checkpoint (so the command can run in the
-    workdir `generate` or `train` wrote); with none of them it is skipped with a warning and listed
-    in the JSON's "skipped";
+    workdir `generate` or `train` wrote), else the weights shipped in magplus_jax/pretrained (when
+    config.model is another architecture and nothing is given, it is skipped and listed in the
+    JSON's "skipped");
   * "untrained": the same network (config.model) freshly initialised: what training must beat.
-The protocol's alphas (10 to 250) lie beyond the network's training range [1, config.data.alpha_max];
-as `generate` does, the network is applied k = ceil(log alpha / log alpha_max) times with
-alpha**(1/k) each, k capped at config.protocol.max_repeats (1 = a single application at the full
-alpha). k is chosen inside the jitted function from the batch's alpha (one compile per sweep).
+The protocol's alphas (10 to 250) lie inside the shipped network's training range [1, 256]: one
+application. A network trained to a smaller alpha_max is applied k = ceil(log alpha / log
+alpha_max) times with alpha**(1/k) each, k capped at config.protocol.max_repeats (default 1 = a
+single application at the full alpha), chosen inside the jitted function from the batch's alpha.
 """
 from __future__ import annotations
 
 import json
 import os
 
-import jax
 import ml_collections
 from absl import logging
 
-from magplus_jax import config_lib, synthetic_protocol
+from magplus_jax import config_lib, pretrained, synthetic_protocol
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models import magnifiers as magnifiers_lib
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAGNIFIERS = ("identity", "eulerian", "phase", "phase_yiq", "magplus", "untrained")
 
 
-def _has_checkpoint(d: str) -> bool:
-  ckpts = os.path.join(d, "checkpoints")
-  return os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
-
-
-def find_checkpoint(config, workdir: str) -> tuple[str, str]:
-  """(trained MagPlus directory or "", where it came from / why there is none)."""
-  given = config.protocol.checkpoint
-  if given:
-    return given, f"config.protocol.checkpoint={given}"
-  for d in (os.path.join(workdir, "magplus"), workdir):
-    if _has_checkpoint(d):
-      return d, f"found in {d}"
-  return "", (f"no config.protocol.checkpoint and no checkpoint in {workdir}/magplus or "
-              f"{workdir}")
+def find_checkpoint(config, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
+  """(the MagPlus network's build config, where it came from): config.protocol.checkpoint, else
+  <workdir>/magplus or <workdir> when they hold a training checkpoint, else the shipped weights."""
+  return pretrained.resolve("magplus", config.protocol.checkpoint, config,
+                            search=(os.path.join(workdir, "magplus"), workdir) if workdir else (),
+                            max_repeats=int(config.protocol.max_repeats))
 
 
 def _network(config, checkpoint: str, label: str) -> magnifiers_lib.Magnifier:
-  """The MagPlus network, applied 1..max_repeats times depending on alpha (module docstring)."""
-  max_repeats = int(config.protocol.max_repeats)
-  alpha_max = float(config.data.alpha_max)
-  builds = [magnifier_lib.build(ml_collections.ConfigDict(dict(
+  """config.model's network (untrained when checkpoint is ""), its applications per frame
+  following alpha up to config.protocol.max_repeats (magnifier.magnify_clip_fn)."""
+  return magnifier_lib.build(ml_collections.ConfigDict(dict(
       name="magplus", model=config.model.to_dict(), checkpoint=checkpoint, seed=config.seed,
-      label=label, repeats=k))) for k in range(1, max_repeats + 1)]
-  if max_repeats == 1:
-    return builds[0]
-  fns = [b.magnify_clip for b in builds]
-
-  def magnify_clip(variables, frames, alpha):
-    k = magnifier_lib.device_repeats(alpha, alpha_max, max_repeats)
-    return jax.lax.switch(k - 1, fns, variables, frames, alpha)
-
-  return magnifiers_lib.Magnifier(label, builds[0].params, magnify_clip)
+      label=label, alpha_max=float(config.data.alpha_max),
+      max_repeats=int(config.protocol.max_repeats))))
 
 
 def build_magnifiers(config, workdir: str = "") -> tuple[dict, list[str], str]:
@@ -82,13 +65,15 @@ def build_magnifiers(config, workdir: str = "") -> tuple[dict, list[str], str]:
       mags[name] = magnifiers_lib.get_magnifier(
           ml_collections.ConfigDict(dict(name="phase", color_mode="yiq")))
     elif name == "magplus":
-      ckpt, where = find_checkpoint(config, workdir)
-      if not ckpt:
-        skipped.append(f"magplus: {where}")
-        logging.warning("the trained MagPlus is not scored: %s", where)
+      try:
+        mag_cfg, where = find_checkpoint(config, workdir)
+      except ValueError as e:  # config.model is not the shipped network and nothing was given
+        skipped.append(f"magplus: {e}")
+        logging.warning("the trained MagPlus is not scored: %s", e)
         continue
+      ckpt = mag_cfg.checkpoint
       logging.info("trained MagPlus: %s", where)
-      mags[name] = _network(config, ckpt, "magplus")
+      mags[name] = magnifier_lib.build(mag_cfg)
     elif name == "untrained":
       mags[name] = _network(config, "", "untrained")
     else:
@@ -107,7 +92,7 @@ def _header(results: dict) -> str:
            "`python -m magplus_jax.protocol_main --config configs/protocol.py --workdir W`; "
            "magnifiers: " + ", ".join(results["magnifiers"]) + "."]
   if results["checkpoint"]:
-    lines.append(f"Trained MagPlus: `{results['checkpoint']}`, applied up to "
+    lines.append(f"Trained MagPlus: `{os.path.relpath(results['checkpoint'], _ROOT)}`, applied up to "
                  f"{results['max_repeats']} time(s) per frame (alpha**(1/k) each).")
   lines += [f"Not scored: {s}." for s in results["skipped"]]
   return "\n".join(lines) + "\n\n"

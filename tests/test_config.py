@@ -41,7 +41,7 @@ def test_override_nested_field():
 
 
 def test_alpha_ranges():
-  for task, (lo, hi) in {"magplus": (1, 16), "demag": (1 / 16, 1), "shared": (1 / 16, 16)}.items():
+  for task, (lo, hi) in {"magplus": (1, 256), "demag": (1 / 256, 1), "shared": (1 / 256, 256)}.items():
     c = config_lib.base_config()
     c.task = task
     assert config_lib.alpha_range(c) == (lo, hi)

@@ -1,6 +1,7 @@
 """The generation pipeline: the micro -> macro -> micro motion path, and the CLI's outputs."""
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import ml_collections
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from data_pipelines import face_crop, images, micro_clips
-from magplus_jax import calibration, generate, metrics
+from magplus_jax import calibration, config_lib, generate, metrics, pretrained
 from magplus_jax.models import magnifiers
 from magplus_jax.models.backbones import get_backbone
 from magplus_jax.models.flow import get_flow
@@ -65,24 +66,31 @@ def test_calibrated_alpha_reaches_target(clip_and_source):
 
 
 def test_generate_embedded_default_outputs(tmp_path):
-  """The CLI path on the embedded default, tiny: trains the two networks briefly, then generates."""
-  config = tiny_config(mode="generate", eval_every=2)
+  """The CLI path on the embedded default: the shipped MagPlus / DeMagPlus, nothing trained."""
+  config = tiny_config(mode="generate")
+  config.model = config_lib.base_config().model  # the shipped architecture
   config.source, config.driving = "", ""
   config.backbone = ml_collections.ConfigDict(dict(name="warp", image_size=SIZE))
   config.generate = ml_collections.ConfigDict(dict(
-      alpha=0.0, motion_target=0.0, max_repeats=2, chunk=4, crop=True, max_frames=300,
-      default_num_frames=6, magplus_checkpoint="", demag_checkpoint="", pretrain_steps=2))
+      alpha=0.0, motion_target=0.0, max_repeats=1, chunk=4, crop=True, max_frames=300,
+      default_num_frames=6, magplus_checkpoint="", demag_checkpoint=""))
   workdir = str(tmp_path / "gen")
   summary = generate.generate(config, workdir)
   for name in ("result.mp4", "side_by_side.mp4", "side_by_side.gif", "intensity.png",
-               "generate.json", "magplus/calibration.json", "demag/calibration.json"):
+               "generate.json"):
     assert os.path.isfile(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "generate.json")) as f:
     saved = json.load(f)
-  assert saved["alpha"] == summary["alpha"] and 1.0 <= saved["alpha"] <= 16.0 ** 2
+  assert saved["alpha"] == summary["alpha"] and 1.0 <= saved["alpha"] <= pretrained.alpha_max()
   assert set(saved["intensity"]) == {"driver", "magnified", "generated", "output"}
   assert len(saved["intensity"]["output"]["p95_px"]) == 6
-  assert "trained the embedded default" in saved["magnifiers"]
-  # A second call reuses the checkpoints in the workdir and says so.
+  assert saved["magnifiers"].count("the shipped weights") == 2, saved["magnifiers"]
+  # Checkpoints in the workdir take precedence over the shipped ones, and the summary says so.
+  shutil.copytree(pretrained.path("magplus"), os.path.join(workdir, "magplus"))
   again = generate.generate(config, workdir)
-  assert "using the checkpoint already in" in again["magnifiers"]
+  assert f"magplus: the checkpoint in {workdir}/magplus" in again["magnifiers"]
+  # Another architecture with no checkpoint of its own is refused before any work, naming it.
+  config.model.width = 8
+  with pytest.raises(ValueError, match="model.width=8 .shipped: 16."):
+    generate.generate(config, str(tmp_path / "other"))
+  assert not os.path.exists(tmp_path / "other")

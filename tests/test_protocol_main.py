@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from magplus_jax import protocol_main
+from magplus_jax import config_lib, pretrained, protocol_main
 from magplus_jax.models import magnifier as magnifier_lib
 
 
@@ -30,12 +30,20 @@ def test_magnifiers_and_checkpoint_lookup(tmp_path):
   config = _protocol_config()
   mags, skipped, ckpt = protocol_main.build_magnifiers(config, str(tmp_path))
   assert list(mags) == ["identity", "eulerian", "phase", "phase_yiq", "untrained"]
-  assert ckpt == "" and len(skipped) == 1 and skipped[0].startswith("magplus: no config.protocol")
+  # config.model is not the shipped network's and no checkpoint is given: skipped, saying why.
+  assert ckpt == "" and len(skipped) == 1
+  assert skipped[0].startswith("magplus: no magplus checkpoint given and config.model differs")
   # A training workdir (or a generate workdir's magplus/) is found without being named.
   os.makedirs(tmp_path / "magplus" / "checkpoints" / "200")
-  assert protocol_main.find_checkpoint(config, str(tmp_path))[0] == str(tmp_path / "magplus")
+  found = protocol_main.find_checkpoint(config, str(tmp_path))[0]
+  assert found.checkpoint == str(tmp_path / "magplus")
   config.protocol.checkpoint = "/given"
-  assert protocol_main.find_checkpoint(config, str(tmp_path))[0] == "/given"
+  assert protocol_main.find_checkpoint(config, str(tmp_path))[0].checkpoint == "/given"
+  # With the shipped architecture and nothing given: the shipped weights, one application.
+  config = _protocol_config()
+  config.model = config_lib.base_config().model
+  found = protocol_main.find_checkpoint(config, str(tmp_path / "empty"))[0]
+  assert found.checkpoint == pretrained.path("magplus") and found.max_repeats == 1
   config = _protocol_config()
   config.protocol.magnifiers = ("identity", "warp")
   with pytest.raises(ValueError, match="protocol.magnifiers"):
@@ -54,6 +62,7 @@ def test_network_repeats_follow_alpha():
   """alpha <= alpha_max: one application at alpha; above: two at sqrt(alpha), as generate does."""
   config = _protocol_config()
   config.data.alpha_max = 4.0
+  config.protocol.max_repeats = 2
   net = protocol_main._network(config, "", "net")  # pylint: disable=protected-access
   # Perturb the zero-initialised head so the network is not the identity.
   leaves, tree = jax.tree.flatten(net.params)
@@ -94,7 +103,7 @@ def test_command_writes_tables_and_curves(tmp_path):
   with open(tmp_path / "synthetic_protocol.json") as f:
     results = json.load(f)
   assert results["magnifiers"] == ["identity", "untrained"]
-  assert results["skipped"][0].startswith("magplus: no config.protocol.checkpoint")
+  assert results["skipped"][0].startswith("magplus: no magplus checkpoint given")
   assert results["subpixel"]["x"] == [0.1, 0.5] and results["subpixel"]["alpha"] == [30.0, 6.0]
   assert results["noise"]["alpha"] == [60.0, 60.0]
   for sweep in (results["subpixel"], results["noise"]):
@@ -119,3 +128,17 @@ def test_command_bad_config_one_line(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("magplus_jax: error: config.protocol.magnifiers=('identity', 'warp')"), last
   assert not os.listdir(tmp_path)
+
+
+def test_shipped_magplus_protocol_smoke(tmp_path):
+  """The protocol with the shipped MagPlus (no checkpoint given), 2 pairs per point at 64 px: it
+  must beat doing nothing and the phase-based method where the motion is measurable."""
+  config = _protocol_config()
+  config.model = config_lib.base_config().model
+  config.protocol.update(dict(magnifiers=("identity", "phase_yiq", "magplus"), num_pairs=2,
+                              batch_size=2, motions=(0.04, 1.0), noise_stds=(1.0,)))
+  results = protocol_main.protocol(config, str(tmp_path))
+  assert results["checkpoint"] == pretrained.path("magplus") and not results["skipped"]
+  for sweep in (results["subpixel"], results["noise"]):
+    for i in range(len(sweep["x"])):
+      assert sweep["magplus"][i] > sweep["phase_yiq"][i] > sweep["identity"][i], sweep

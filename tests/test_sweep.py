@@ -15,7 +15,7 @@ from magplus_jax import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = os.path.join(ROOT, "configs", "ablations.py")
-EXPECTED_RUNS = 16
+EXPECTED_RUNS = 17
 
 
 def _parse_like_main(main_args):
@@ -230,3 +230,18 @@ def test_configs_build():
   assert (c.batch_size, c.loss.w_mag, c.loss.w_color, c.data.alpha_max) == (40, 1.0, 10.0, 16.0)
   with pytest.raises(ValueError):
     flowmag.get_config("nope")
+
+
+def test_pretrained_recipe_ablations_parse():
+  """configs/pretrained.py's sweep: each loss term alone, light noise, the Eulerian form."""
+  path = os.path.join(ROOT, "configs", "pretrained.py")
+  _, runs = sweep.plan(["--config", path, "--dry-run"])
+  assert len(runs) == 5
+  for run in runs:
+    config = _parse_like_main(run["main_args"])
+    for key, value in run["overrides"].items():
+      got = config
+      for part in key.split("."):
+        got = got[part]
+      assert got == value, (key, value, got)
+    config_lib.validate(config)

@@ -19,7 +19,10 @@ Normalisation (`norm`):
   * "none".
 
 Output (`output`):
-  * "eulerian_gate" (default): clip(I_t + (alpha - 1) * (g * (I_t - I_ref) + r), 0, 1) with a
+  * "lagrangian" (default): the network moves pixels: it predicts, per pixel, how to mix and scale a
+    multi-scale weight-free motion estimate, and I_t is resampled along alpha x that motion
+    (models/lagrangian.py has the form and why). alpha = 1 and a still input give I_t exactly.
+  * "eulerian_gate" (the session-2 default, kept as an ablation): clip(I_t + (alpha - 1) * (g * (I_t - I_ref) + r), 0, 1) with a
     per-pixel gate g (head channel 0 x GATE_GAIN) and an RGB residual r. g = 1, r = 0 is linear
     Eulerian magnification, nearly exact where alpha x motion is small against the texture scale
     and ghosting where it is not; the network learns where and how much to follow it, and r
@@ -32,18 +35,13 @@ For the forms with (alpha - 1), alpha = 1 returns I_t exactly for any weights; a
 (alpha < 1) uses the same form (g = 1 is then a cross-fade towards I_ref). Their head is
 zero-initialised apart from the gate's bias.
 
-Why this default (session 2, configs/default.py data, 200-300 steps, held-out pairs, pyramid_lk F):
-  * "alpha_residual" collapsed back to the identity (measured ratio 1.0001 at alpha 2), also with
-    w_color 1 and with alpha_max 8: the exact, tiny difference I_t - I_ref is hard to express
-    through convolutions with per-example normalisation, and every departure from the identity
-    first costs colour loss.
-  * gate_init 1 (starting at linear magnification) was not improved by training in the motion
-    F measures: motion_error at alpha 2 / 4 / 8 = 0.0103 / 0.0562 / 0.2022 trained vs 0.0101 /
-    0.0557 / 0.2019 untrained (w_color 1). A gradient-based F like pyramid_lk reads linearly
-    magnified frames almost perfectly (it linearises brightness constancy the same way), so the
-    linear solution sits at an optimum of the loss measured through it. With w_color 10 training
-    traded measured motion for appearance (PSNR to the exact frame +0.3..1.1 dB, ratio 1.74 at
-    alpha 2). With RAFT as F this may differ; the ablation sweep has both gate_init values.
+Why "lagrangian" is the default (session 4; numbers in magplus_jax/pretrained/README.md): on Oh et
+al.'s protocol every Eulerian form is bounded by linear magnification (session 2 measured the
+trained gate at linear magnification's motion error, SSIM 0.42-0.45 against phase-YIQ's 0.70),
+while moving pixels along the estimated motion reaches 0.95+ with no training at all; what training
+adds is the per-pixel choice of smoothing and trust (noise, aperture, alpha). Session 2's findings
+on the Eulerian forms ("alpha_residual" collapsed to the identity; the gate stayed at linear
+magnification through a gradient-based F) are why they are kept only as ablations.
 """
 from __future__ import annotations
 
@@ -54,10 +52,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from magplus_jax.models import magnifiers
+from magplus_jax.models import lagrangian, magnifiers
 
 Array = jax.Array
-OUTPUTS = ("eulerian_gate", "alpha_residual", "residual", "sigmoid")
+OUTPUTS = ("lagrangian", "eulerian_gate", "alpha_residual", "residual", "sigmoid")
 # The gate is the head's channel 0 times this gain: Adam moves every weight by ~lr per step, and the
 # gate has to travel ~1 while the RGB residual needs steps of ~1e-3 (pixel changes of sub-pixel
 # motion); the gain gives the gate its own, larger step without a second optimizer.
@@ -108,7 +106,7 @@ class MagnifierUNet(nnx.Module):
   """U-Net over [I_ref, I_t, enc(alpha)] -> magnified frame, all [B, H, W, C] in [0, 1]."""
 
   def __init__(self, *, levels: int = 5, width: int = 64, max_width: int = 512, norm: str = "group",
-               alpha_features: int = 32, output: str = "eulerian_gate", gate_init: float = 0.0,
+               alpha_features: int = 32, output: str = "lagrangian", gate_init: float = 0.0,
                rngs: nnx.Rngs):
     if output not in OUTPUTS:
       raise ValueError(f"config.model.output={output!r}; choose one of {OUTPUTS}")
@@ -116,7 +114,7 @@ class MagnifierUNet(nnx.Module):
     self.alpha_features = alpha_features
     self.output = output
     widths = [min(width * 2 ** i, max_width) for i in range(levels)]
-    cin = 6 + alpha_features
+    cin = 6 + alpha_features + (lagrangian.EXTRA_CHANNELS if output == "lagrangian" else 0)
     self.down = nnx.List()
     for w in widths:
       self.down.append(ConvBlock(cin, w, norm, rngs))
@@ -129,8 +127,12 @@ class MagnifierUNet(nnx.Module):
     # Zero-initialised head: a residual network starts as the exact identity magnifier.
     head_init = (nnx.initializers.lecun_normal() if output == "sigmoid"
                  else nnx.initializers.zeros_init())
-    head_out = 4 if output == "eulerian_gate" else 3  # eulerian_gate: gate + RGB residual
+    head_out = {"eulerian_gate": 4, "lagrangian": lagrangian.HEAD_CHANNELS}.get(output, 3)
     self.head = nnx.Conv(widths[0], head_out, (1, 1), kernel_init=head_init, rngs=rngs)
+    if output == "lagrangian":  # start mostly at the 4-px blur (the best fixed scale), gain 1
+      bias = [0.0] * lagrangian.HEAD_CHANNELS
+      bias[lagrangian.BLUR_SIGMAS.index(4.0)] = 2.0
+      self.head.bias[...] = jnp.array(bias, jnp.float32)
     if output == "eulerian_gate":  # gate_init (0: identity, 1: linear magnification), residual 0
       self.head.bias[...] = jnp.array([gate_init / GATE_GAIN, 0.0, 0.0, 0.0], jnp.float32)
 
@@ -144,6 +146,9 @@ class MagnifierUNet(nnx.Module):
       alpha = jnp.broadcast_to(alpha[:, None, None], (b, h, w))
     enc = alpha_encoding(alpha, self.alpha_features).astype(frame.dtype)
     x = jnp.concatenate([ref, frame, enc], axis=-1)
+    if self.output == "lagrangian":
+      scales = lagrangian.motion_scales(ref, frame)
+      x = jnp.concatenate([x, lagrangian.features(scales, alpha)], axis=-1)
     skips = []
     for i, block in enumerate(self.down):
       if i > 0:
@@ -155,6 +160,8 @@ class MagnifierUNet(nnx.Module):
       x = conv(x)
       x = block(jnp.concatenate([x, skips[-2 - j]], axis=-1), train)
     out = self.head(x)
+    if self.output == "lagrangian":
+      return lagrangian.magnify(frame, lagrangian.combine(out, scales), alpha)
     if self.output == "sigmoid":
       return nnx.sigmoid(out)
     if self.output == "eulerian_gate":
@@ -185,10 +192,10 @@ def repeats_for(alpha: float, alpha_max: float, max_repeats: int) -> int:
   return k
 
 
-# Defaults for magnifier configs that do not say (config_lib.base_config().data.alpha_max and
-# configs/generate.py's max_repeats).
-DEFAULT_ALPHA_MAX = 16.0
-DEFAULT_MAX_REPEATS = 2
+# Defaults for magnifier configs that do not say: the training range of the shipped networks
+# (configs/pretrained.py, = config_lib.base_config().data.alpha_max) and a single application.
+DEFAULT_ALPHA_MAX = 256.0
+DEFAULT_MAX_REPEATS = 1
 
 
 def _apply(model, frames, alpha, repeats: int):
