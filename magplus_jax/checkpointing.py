@@ -179,6 +179,14 @@ class TrainCheckpointer:
     self.manager.close()
 
 
+def _latest_step(directory: str) -> int | None:
+  """The newest step orbax lists in a training checkpoints directory (None: no checkpoint)."""
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  step = mngr.latest_step()
+  mngr.close()
+  return step
+
+
 def load_magnifier_variables(ckpt_dir: str, abstract_variables: Any) -> Any:
   """(params, rest) of a MagPlus/DeMagPlus network from a training workdir or its checkpoints dir.
 
@@ -190,9 +198,7 @@ def load_magnifier_variables(ckpt_dir: str, abstract_variables: Any) -> Any:
   directory = sub if os.path.isdir(sub) else ckpt_dir
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"magnifier checkpoint {ckpt_dir!r} does not exist")
-  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  step = mngr.latest_step()
-  mngr.close()
+  step = _latest_step(directory)
   if step is None:
     raise CheckpointMismatchError(f"{ckpt_dir!r} holds no training checkpoint")
   path = os.path.join(directory, str(step), "state")
@@ -246,19 +252,17 @@ def export_magnifier(workdir: str, out_dir: str, *, overwrite: bool = False,
   temporary name and renamed at the end; an existing out_dir is replaced only with `overwrite`.
   Returns the exported step.
   """
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir!r} exists; pass overwrite=True to replace it")
   src = os.path.join(os.path.abspath(workdir), "checkpoints")
-  mngr = ocp.CheckpointManager(src, options=ocp.CheckpointManagerOptions(create=False))
-  step = mngr.latest_step()
-  mngr.close()
+  step = _latest_step(src)
   if step is None:
     raise CheckpointMismatchError(f"{workdir!r} holds no training checkpoint to export")
   with ocp.StandardCheckpointer() as ckptr:
     state = ckptr.restore(os.path.join(src, str(step), "state"))
   weights = {"params": state["params"], "model_state": state["model_state"],
              "step": np.asarray(step, np.int32)}
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir!r} exists; pass overwrite=True to replace it")
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   with ocp.CheckpointManager(os.path.join(tmp, "checkpoints"),

@@ -31,15 +31,11 @@ from magplus_jax.models import magnifiers
 from magplus_jax.models.flow import get_flow
 
 
-def magnifier_config(config, checkpoint: str = "", label: str = "magplus",
-                     repeats: int | None = None) -> ml_collections.ConfigDict:
-  """repeats None: the network's applications per frame follow each alpha (magnifier.build)."""
+def max_repeats(config) -> int:
+  """config.generate.max_repeats where the config has one, else the single application."""
   gen = config.get("generate", None)
-  max_repeats = gen.get("max_repeats", None) if gen is not None else None
-  return ml_collections.ConfigDict(dict(
-      name="magplus", model=config.model.to_dict(), checkpoint=checkpoint, seed=config.seed,
-      label=label, repeats=repeats, alpha_max=float(config.data.alpha_max),
-      max_repeats=int(max_repeats or magnifier_lib.DEFAULT_MAX_REPEATS)))
+  return int((gen.get("max_repeats", 0) if gen is not None else 0)
+             or magnifier_lib.DEFAULT_MAX_REPEATS)
 
 
 def heldout_pairs(config, alpha: float, n: int) -> dict:
@@ -103,9 +99,7 @@ def build_magnifiers(config, workdir: str) -> tuple[dict, ml_collections.ConfigD
   weights; the round trip uses config.evaluate.demag_checkpoint, or the shipped DeMagPlus when
   MagPlus is the shipped one."""
   ev = config.evaluate
-  gen = config.get("generate", None)
-  reps = int((gen.get("max_repeats", 0) if gen is not None else 0)
-             or magnifier_lib.DEFAULT_MAX_REPEATS)
+  reps = max_repeats(config)
   mag_cfg, where = pretrained.resolve("magplus", ev.checkpoint, config, search=(workdir,),
                                       max_repeats=reps)
   mags = {"magplus": magnifier_lib.build(mag_cfg)}
@@ -116,7 +110,8 @@ def build_magnifiers(config, workdir: str) -> tuple[dict, ml_collections.ConfigD
     demag_cfg = pretrained.magnifier_config("demag", max_repeats=reps)
   for name in ev.baselines:
     if name == "untrained":
-      mags["untrained"] = magnifier_lib.build(magnifier_config(config, "", "untrained"))
+      mags["untrained"] = magnifier_lib.build(
+          magnifier_lib.config_for(config, "", "untrained", max_repeats=reps))
     elif name == "identity":
       mags["identity"] = magnifiers.IDENTITY
     else:

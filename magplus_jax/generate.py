@@ -112,12 +112,16 @@ PIPELINE_CLIPS = ("driver", "magnified", "generated", "output")
 _STYLES = {"driver": "k-", "input": "k-", "magnified": "r--", "generated": "m:", "output": "b-"}
 
 
-def intensity(flow, clips: dict, names=PIPELINE_CLIPS) -> dict:
-  """Per-frame motion from frame 0 of each named clip: mean and 95th-percentile |flow| (px)."""
+def intensity(flow, clips: dict, names=PIPELINE_CLIPS, flows: dict | None = None) -> dict:
+  """Per-frame motion from frame 0 of each named clip: mean and 95th-percentile |flow| (px).
+
+  `flows`: clip flows already computed (calibration.clip_flows) by name, not computed again."""
   out = {}
   for name in names:
-    flows = calibration.clip_flows(flow, jnp.asarray(clips[name]))
-    mean, p95 = (np.asarray(x) for x in jax.device_get(metrics.intensity_curve(flows)))
+    f = (flows or {}).get(name)
+    if f is None:
+      f = calibration.clip_flows(flow, jnp.asarray(clips[name]))
+    mean, p95 = (np.asarray(x) for x in jax.device_get(metrics.intensity_curve(f)))
     out[name] = {"mean_px": mean.tolist(), "p95_px": p95.tolist(), "peak_p95_px": float(p95.max())}
   return out
 
@@ -159,7 +163,8 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   source, driving, fps, desc = load_inputs(config, size)
   os.makedirs(workdir, exist_ok=True)
 
-  motion = calibration.clip_motion(calibration.clip_flows(flow, jnp.asarray(driving)))
+  driver_flows = calibration.clip_flows(flow, jnp.asarray(driving))  # calibration and the curve
+  motion = calibration.clip_motion(driver_flows)
   target = gen.motion_target or calibration.load_target(mag_cfg.checkpoint) or 0.0
   if gen.alpha:
     alpha, why = float(gen.alpha), "fixed by config.generate.alpha"
@@ -180,7 +185,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                learning_rate=gen.tta_learning_rate)
 
   clips = run_pipeline(source, driving, alpha, magplus, backbone, demag, gen.chunk)
-  curves = intensity(flow, clips)
+  curves = intensity(flow, clips, flows={"driver": driver_flows})
   video_io.write_video(os.path.join(workdir, "result.mp4"), clips["output"], fps)
   panel = np.concatenate([np.broadcast_to(source, clips["driver"].shape), clips["driver"],
                           clips["magnified"], clips["generated"], clips["output"]], axis=2)

@@ -130,7 +130,8 @@ def magnify(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f"{config.input}: {frames.shape[0]} frame(s); at least 2 are needed")
   t, h, w, _ = frames.shape
   flow = get_flow(config.flow)
-  motion = calibration.clip_motion(calibration.clip_flows(flow, jnp.asarray(frames)))
+  input_flows = calibration.clip_flows(flow, jnp.asarray(frames))  # calibration and the curve
+  motion = calibration.clip_motion(input_flows)
   why = "fixed by config.alpha"
   if not alpha:
     target = float(config.motion_target)
@@ -159,7 +160,8 @@ def magnify(config: ml_collections.ConfigDict, workdir: str) -> dict:
                w, fps, alpha, why, where)
   out = run(mag, frames, alpha, refs, amap, int(config.chunk), multiple)
 
-  curves = generate.intensity(flow, {"input": frames, "magnified": out}, ("input", "magnified"))
+  curves = generate.intensity(flow, {"input": frames, "magnified": out}, ("input", "magnified"),
+                              flows={"input": input_flows})
   os.makedirs(workdir, exist_ok=True)
   _atomic_npy(os.path.join(workdir, "magnified.npy"), out)
   video_io.write_video(os.path.join(workdir, "magnified.mp4"), out, fps)

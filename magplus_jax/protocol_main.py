@@ -45,10 +45,8 @@ def find_checkpoint(config, workdir: str) -> tuple[ml_collections.ConfigDict, st
 def _network(config, checkpoint: str, label: str) -> magnifiers_lib.Magnifier:
   """config.model's network (untrained when checkpoint is ""), its applications per frame
   following alpha up to config.protocol.max_repeats (magnifier.magnify_clip_fn)."""
-  return magnifier_lib.build(ml_collections.ConfigDict(dict(
-      name="magplus", model=config.model.to_dict(), checkpoint=checkpoint, seed=config.seed,
-      label=label, alpha_max=float(config.data.alpha_max),
-      max_repeats=int(config.protocol.max_repeats))))
+  return magnifier_lib.build(magnifier_lib.config_for(
+      config, checkpoint, label, max_repeats=int(config.protocol.max_repeats)))
 
 
 def build_magnifiers(config, workdir: str = "") -> tuple[dict, list[str], str]:

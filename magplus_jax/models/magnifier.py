@@ -50,6 +50,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from magplus_jax.models import lagrangian, magnifiers
@@ -269,6 +270,16 @@ def magnify_clip_fn(graphdef, repeats: int | None = None, *, alpha_max: float = 
 
   magnify_clip.jitted = jitted  # for tests / inspection
   return magnify_clip
+
+
+def config_for(config, checkpoint: str = "", label: str = "magplus", *, max_repeats: int = 1,
+               repeats: int | None = None):
+  """The `build` config of a run's own network: config.model's architecture, config.data's alpha
+  range, `checkpoint` ("" = untrained). repeats None: applications follow alpha at call time."""
+  return ml_collections.ConfigDict(dict(
+      name="magplus", model=config.model.to_dict(), checkpoint=checkpoint, seed=config.seed,
+      label=label, repeats=repeats, alpha_max=float(config.data.alpha_max),
+      max_repeats=int(max_repeats)))
 
 
 def build(magnifier_config) -> magnifiers.Magnifier:

@@ -28,10 +28,6 @@ def path(task: str) -> str:
   return os.path.join(DIR, task)
 
 
-def available(task: str) -> bool:
-  return os.path.isdir(os.path.join(path(task), "checkpoints"))
-
-
 def training_config(task: str) -> dict:
   """The config.json of the run that made the shipped `task` network."""
   p = os.path.join(path(task), "config.json")
@@ -83,10 +79,8 @@ def resolve(task: str, given: str, config, search: tuple[str, ...] = (), label: 
   In order: the checkpoint the user gave (architecture: config.model, range: config.data), the
   first directory of `search` that holds a training checkpoint (the same), the shipped weights
   (their own architecture and range; config.model must not contradict them)."""
-  def own(d):
-    return ml_collections.ConfigDict(dict(
-        name="magplus", model=config.model.to_dict(), checkpoint=d, seed=config.seed,
-        label=label or task, alpha_max=float(config.data.alpha_max), max_repeats=max_repeats))
+  from magplus_jax.models import magnifier  # pylint: disable=g-import-not-at-top
+  own = lambda d: magnifier.config_for(config, d, label or task, max_repeats=max_repeats)
   if given:
     return own(given), f"{task}: checkpoint {given}"
   for d in search:
