@@ -148,7 +148,7 @@ class MagnifierUNet(nnx.Module):
     enc = alpha_encoding(alpha, self.alpha_features).astype(frame.dtype)
     x = jnp.concatenate([ref, frame, enc], axis=-1)
     if self.output == "lagrangian":
-      scales = lagrangian.motion_scales(ref, frame)
+      scales = lagrangian.motion_scales(ref, frame, alpha)
       x = jnp.concatenate([x, lagrangian.features(scales, alpha)], axis=-1)
     skips = []
     for i, block in enumerate(self.down):
@@ -162,7 +162,7 @@ class MagnifierUNet(nnx.Module):
       x = block(jnp.concatenate([x, skips[-2 - j]], axis=-1), train)
     out = self.head(x)
     if self.output == "lagrangian":
-      return lagrangian.magnify(frame, lagrangian.combine(out, scales), alpha)
+      return lagrangian.magnify(ref, frame, lagrangian.combine(out, scales), alpha)
     if self.output == "sigmoid":
       return nnx.sigmoid(out)
     if self.output == "eulerian_gate":
