@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import images, procedural as P
+from data_pipelines import face_crop, images, procedural as P
 
 MICRO_TAG = 0x3A1C
 FACES = ("astronaut", "grace_hopper")
 # (x, y, w, h) in source pixels: what the LBP cascade returns for the bundled photos (tests check).
-FALLBACK_BOXES = {"astronaut": (174, 66, 96, 96), "grace_hopper": (166, 123, 201, 201)}
+FALLBACK_BOXES = {"astronaut": (170, 61, 110, 110), "grace_hopper": (161, 118, 199, 199)}
 FOLD_LIMIT = 0.8
 
 # AU name -> list of (u, v, sigma_u, sigma_v, dx, dy): centre relative to the face box (fractions of
@@ -55,21 +55,16 @@ AUS: dict[str, list[tuple[float, ...]]] = {
 
 @functools.lru_cache(maxsize=None)
 def face_box(name: str, detect: bool = True) -> tuple[int, int, int, int]:
-  """(x, y, w, h) of the largest LBP-cascade detection in a bundled face photo (source pixels)."""
+  """(x, y, w, h) of the largest face in a bundled photo (source pixels), found by the one face
+  detector (data_pipelines/face_crop.py); FALLBACK_BOXES (its result, stored) when detect=False or
+  nothing is found."""
   if name not in FACES:
     raise ValueError(f"face: expected one of {FACES}, got {name!r}")
   if detect:
-    import skimage.color
-    import skimage.data
-    import skimage.feature
-    img = images.get_image((name, 0))
-    casc = skimage.feature.Cascade(skimage.data.lbp_frontal_face_cascade_filename())
-    side = min(img.shape[:2])
-    dets = casc.detect_multi_scale(img=skimage.color.rgb2gray(img), scale_factor=1.2, step_ratio=1,
-                                   min_size=(side // 10, side // 10), max_size=(side, side))
-    if dets:
-      d = max(dets, key=lambda d: d["width"] * d["height"])
-      return (int(d["c"]), int(d["r"]), int(d["width"]), int(d["height"]))
+    found = face_crop.detect_faces(images.get_image((name, 0)))
+    if found:
+      top, left, h, w = found[0]
+      return (left, top, w, h)
   return FALLBACK_BOXES[name]
 
 
@@ -85,6 +80,31 @@ def time_course(num_frames: int, onset: int, apex: int, offset: int) -> np.ndarr
   fall = (t > apex) & (t <= offset)
   c[fall] = 0.5 * (1 + np.cos(np.pi * (t[fall] - apex) / (offset - apex)))
   return c
+
+
+# Micro-expression timing. Yan et al., "How fast are the leaked facial expressions: the duration
+# of micro-expressions" (J. Nonverbal Behavior 37, 2013), from the CASME annotations: total
+# durations (onset -> offset) fall below 500 ms and onset phases (onset -> apex) below ~260 ms;
+# CASME II (Yan et al., PLoS ONE 2014) and SAMM (Davison et al., IEEE TAC 2018) select their
+# samples by the same 500 ms bound. The rise is drawn at about a third of the event.
+DURATION_S = (0.25, 0.5)       # total duration, uniform
+RISE_FRACTION = (0.25, 0.4)    # (apex - onset) / (offset - onset), uniform
+MAX_RISE_S = 0.26
+
+
+def event_timing(rng: np.random.Generator, num_frames: int, fps: float) -> tuple[int, int, int]:
+  """(onset, apex, offset) frame indices of one micro-expression at `fps` (module constants and
+  their source above). A clip shorter than the event holds it squeezed into its frames."""
+  if num_frames < 4:
+    raise ValueError(f"num_frames must be >= 4 for onset/apex/offset, got {num_frames}")
+  if not fps > 0:
+    raise ValueError(f"fps must be > 0, got {fps}")
+  duration = rng.uniform(*DURATION_S)
+  rise_s = min(duration * rng.uniform(*RISE_FRACTION), MAX_RISE_S)
+  span = int(np.clip(round(duration * fps), 2, num_frames - 1))
+  rise = int(np.clip(round(rise_s * fps), 1, span - 1))
+  onset = int(rng.integers(0, num_frames - span))
+  return onset, onset + rise, onset + span
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +147,8 @@ def _render_scaled(scene: P.Scene, field: P.MotionField, c: float, supersample: 
 def make_clip(cfg: Any = None, *, seed: int, index: int = 0) -> MicroClip:
   """One clip, deterministic in (cfg, seed, index). Config fields (`config.data` style, .get):
   image_size (64), num_frames (16), supersample (4), micro_amplitude_px ((0.1, 1.0), log-uniform),
-  faces (both bundled photos), max_aus (2), noise_std (0.0; frames only, never `magnified`)."""
+  faces (both bundled photos), max_aus (2), noise_std (0.0; frames only, never `magnified`),
+  fps (25.0: the frame rate the event's duration is drawn at, `event_timing`)."""
   cfg = {} if cfg is None else cfg
   n = int(cfg.get("image_size", 64))
   t_len = int(cfg.get("num_frames", 16))
@@ -136,6 +157,7 @@ def make_clip(cfg: Any = None, *, seed: int, index: int = 0) -> MicroClip:
   faces = tuple(cfg.get("faces", FACES))
   max_aus = int(cfg.get("max_aus", 2))
   noise_std = float(cfg.get("noise_std", 0.0))
+  fps = float(cfg.get("fps", 25.0))
   if t_len < 4:
     raise ValueError(f"num_frames must be >= 4 for onset/apex/offset, got {t_len}")
   if not 0 < lo <= hi:
@@ -176,9 +198,7 @@ def make_clip(cfg: Any = None, *, seed: int, index: int = 0) -> MicroClip:
   flow_apex, jn = field.on_grid(grid, grid)
   max_alpha = FOLD_LIMIT / float(jn.max())
 
-  onset = int(rng.integers(0, max(1, t_len // 4)))
-  offset = int(rng.integers(max(onset + 2, (3 * t_len) // 4), t_len))
-  apex = int(rng.integers(onset + 1, offset))
+  onset, apex, offset = event_timing(rng, t_len, fps)
   course = time_course(t_len, onset, apex, offset)
 
   frames = np.stack([_render_scaled(scene, field, c, s) for c in course])

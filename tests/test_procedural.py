@@ -172,6 +172,29 @@ def test_time_course_shape():
     M.time_course(10, 5, 4, 8)
 
 
+@pytest.mark.parametrize("fps", [25.0, 30.0, 200.0])
+def test_micro_expression_timing_follows_published_durations(fps):
+  """Events last at most 0.5 s with the rise about a third of it and <= 0.26 s (Yan et al. 2013),
+  never a one-frame rise at the start of the clip, whatever the frame rate."""
+  rng = np.random.default_rng(0)
+  t_len = int(0.8 * fps)  # room for the longest event
+  rows = np.array([M.event_timing(rng, t_len, fps) for _ in range(400)])
+  onset, apex, offset = rows.T
+  assert np.all((0 <= onset) & (onset < apex) & (apex < offset) & (offset <= t_len - 1))
+  total_s, rise_s = (offset - onset) / fps, (apex - onset) / fps
+  half_frame = 0.5 / fps  # durations are rounded to whole frames
+  assert total_s.max() <= 0.5 + half_frame and total_s.min() >= 0.25 - half_frame
+  assert rise_s.max() <= 0.26 + half_frame
+  frac = (apex - onset) / (offset - onset)
+  assert 0.25 <= np.median(frac) <= 0.4
+  assert (apex - onset).min() >= 2  # at 25 fps the shortest rise is 0.25 x 0.25 s = 1.6 frames
+  # A clip shorter than an event holds it whole, squeezed.
+  short = np.array([M.event_timing(rng, 6, fps) for _ in range(50)])
+  assert np.all((short[:, 0] < short[:, 1]) & (short[:, 1] < short[:, 2]) & (short[:, 2] <= 5))
+  with pytest.raises(ValueError, match="fps"):
+    M.event_timing(rng, 8, 0.0)
+
+
 @pytest.fixture(scope="module")
 def clip():
   return M.make_clip({"image_size": 48, "num_frames": 8}, seed=3)
