@@ -21,21 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+import _runner
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
 def _rss_gb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+  return _runner.peak_rss_mib() * 1024 / 1e6
 
 
 def random_params(cfg) -> dict:
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
   ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
   if a.child:
-    print("RESULT " + json.dumps(child(a.child, a.chunk, a.frames, a.reps, a.tmp)), flush=True)
+    _runner.emit(child(a.child, a.chunk, a.frames, a.reps, a.tmp))
     return
   results = []
   tmp = tempfile.mkdtemp(prefix="bench_emoportraits_")
@@ -185,14 +185,12 @@ def main(argv=None) -> None:
       os.path.join(ROOT, "tests", "golden", "emoportraits_512.npz")) else "random")
   write_checkpoints(tmp, weights)
   for dtype in a.dtypes:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", dtype, "--chunk", str(a.chunk),
-           "--frames", str(a.frames), "--reps", str(a.reps), "--tmp", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-      print(f"{dtype}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+    res, err = _runner.run_child(__file__, ["--chunk", str(a.chunk), "--frames", str(a.frames),
+                                            "--reps", str(a.reps), "--tmp", tmp],
+                                 child_flag=["--child", dtype])
+    if res is None:
+      print(f"{dtype}: failed ({err})", file=sys.stderr)
       continue
-    res = json.loads(line[-1][len("RESULT "):])
     results.append(res)
   print("wall seconds (CPU seconds of the process in brackets; on a shared machine the CPU time is "
         "the steadier number)")

@@ -18,28 +18,22 @@ eval mode). Nothing of that code lives here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+import _runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
 def golden_state_dict(golden_dir: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "golden_weights", os.path.join(golden_dir, "golden_weights.py"))
-  gw = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(gw)
-  with np.load(os.path.join(golden_dir, "fomm_vox256.npz")) as z:
-    meta = json.loads(str(z["meta"]))
-  return gw.make_state_dict(meta["spec"], meta["seed"]), meta
+  os.environ["MAGPLUS_GOLDEN_DIR"] = golden_dir
+  _, meta, sd = _runner.golden_fixture("fomm_vox256")
+  return sd, meta
 
 
 def inputs(batch: int, size: int = 256):
@@ -53,10 +47,9 @@ def run_jax(batch: int, reps: int, golden_dir: str) -> dict:
   from magplus_jax.models.backbones import fomm  # pylint: disable=g-import-not-at-top
   from magplus_jax.ports import fomm as port  # pylint: disable=g-import-not-at-top
   sd, meta = golden_state_dict(golden_dir)
-  split = lambda p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
   config = fomm.model_config(meta["config"])
   model = fomm.from_state_dict(config, port.convert_state_dict(
-      split("generator."), split("kp_detector."), config))
+      _runner.submodule(sd, "generator."), _runner.submodule(sd, "kp_detector."), config))
   animate, params = fomm.make_animate_fn(model, relative=True, adapt_movement_scale=True)
   source, driving, ref = (jax.device_put(a) for a in inputs(batch))
   t0 = time.perf_counter()
@@ -83,7 +76,7 @@ def run_torch(batch: int, reps: int, golden_dir: str, fomm_dir: str) -> dict:
   cfg = meta["config"]
   kp_det = KPDetector(**cfg["kp_detector_params"], **cfg["common_params"]).eval()
   gen = OcclusionAwareGenerator(**cfg["generator_params"], **cfg["common_params"]).eval()
-  split = lambda p: {k[len(p):]: torch.from_numpy(v) for k, v in sd.items() if k.startswith(p)}
+  split = lambda p: {k: torch.from_numpy(v) for k, v in _runner.submodule(sd, p).items()}
   kp_det.load_state_dict(split("kp_detector."))
   gen.load_state_dict(split("generator."))
   nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, -3)))
@@ -114,8 +107,8 @@ def child(args) -> None:
     out = run_jax(args.batch, args.reps, args.golden_dir)
   else:
     out = run_torch(args.batch, args.reps, args.golden_dir, args.torch_fomm_dir)
-  out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print("RESULT " + json.dumps(out))
+  out["peak_rss_mib"] = _runner.peak_rss_mib()
+  _runner.emit(out)
 
 
 def main() -> None:
@@ -136,16 +129,14 @@ def main() -> None:
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
   for impl in impls:
     for batch in args.batches:
-      cmd = [sys.executable, __file__, "--child", "--impl", impl, "--batch", str(batch),
-             "--reps", str(args.reps), "--golden-dir", args.golden_dir]
+      cmd = ["--impl", impl, "--batch", str(batch), "--reps", str(args.reps),
+             "--golden-dir", args.golden_dir]
       if args.torch_fomm_dir:
         cmd += ["--torch-fomm-dir", args.torch_fomm_dir]
-      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-      if proc.returncode or not line:
-        print(f"{impl} batch {batch}: failed\n{proc.stderr[-2000:]}")
+      r, err = _runner.run_child(__file__, cmd)
+      if r is None:
+        print(f"{impl} batch {batch}: failed ({err})")
         continue
-      r = json.loads(line[0][7:])
       dev = f", device peak {r['device_peak_bytes'] / 2**20:.0f} MiB" if r.get(
           "device_peak_bytes") else ""
       print(f"{impl:5s} batch {batch:2d}: {r['frames_per_s']:7.2f} frames/s "

@@ -18,14 +18,13 @@ same chunk). Nothing of that code lives here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+import _runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,16 +32,9 @@ PARTS = ("encoder", "decoder", "expression_encoder")
 
 
 def golden_state_dict(golden_dir: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "golden_weights", os.path.join(golden_dir, "golden_weights.py"))
-  gw = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(gw)
-  with np.load(os.path.join(golden_dir, "fsrt_vox256.npz")) as z:
-    meta = json.loads(str(z["meta"]))
-  sd = gw.make_state_dict(meta["spec"], meta["seed"])
-  return {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")}
-          for p in PARTS + ("kp_detector",)}, meta
+  os.environ["MAGPLUS_GOLDEN_DIR"] = golden_dir
+  _, meta, sd = _runner.golden_fixture("fsrt_vox256")
+  return {p: _runner.submodule(sd, p + ".") for p in PARTS + ("kp_detector",)}, meta
 
 
 def inputs(batch: int, size: int = 256):
@@ -126,8 +118,8 @@ def child(args) -> None:
     out = run_jax(args.batch, args.reps, args.chunk, args.golden_dir)
   else:
     out = run_torch(args.batch, args.reps, args.chunk, args.golden_dir, args.torch_fsrt_dir)
-  out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print("RESULT " + json.dumps(out))
+  out["peak_rss_mib"] = _runner.peak_rss_mib()
+  _runner.emit(out)
 
 
 def main() -> None:
@@ -149,16 +141,14 @@ def main() -> None:
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, decoder chunk {args.chunk}")
   for impl in impls:
     for batch in args.batches:
-      cmd = [sys.executable, __file__, "--child", "--impl", impl, "--batch", str(batch),
-             "--reps", str(args.reps), "--chunk", str(args.chunk), "--golden-dir", args.golden_dir]
+      cmd = ["--impl", impl, "--batch", str(batch), "--reps", str(args.reps),
+             "--chunk", str(args.chunk), "--golden-dir", args.golden_dir]
       if args.torch_fsrt_dir:
         cmd += ["--torch-fsrt-dir", args.torch_fsrt_dir]
-      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-      if proc.returncode or not line:
-        print(f"{impl} batch {batch}: failed\n{proc.stderr[-2000:]}")
+      r, err = _runner.run_child(__file__, cmd)
+      if r is None:
+        print(f"{impl} batch {batch}: failed ({err})")
         continue
-      r = json.loads(line[0][7:])
       dev = f", device peak {r['device_peak_bytes'] / 2**20:.0f} MiB" if r.get(
           "device_peak_bytes") else ""
       print(f"{impl:5s} batch {batch:2d}: {r['frames_per_s']:8.4f} frames/s "

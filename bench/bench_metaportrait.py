@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
-import resource
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import _runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -35,18 +35,12 @@ from magplus_jax.ports import metaportrait as port  # noqa: E402
 
 
 def _golden(name):
-  directory = os.environ.get("MAGPLUS_GOLDEN_DIR") or os.path.join(ROOT, "tests", "golden")
-  spec = importlib.util.spec_from_file_location("golden_weights_bench",
-                                                os.path.join(directory, "golden_weights.py"))
-  gw = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(gw)
-  z = np.load(os.path.join(directory, name + ".npz"))
-  meta = json.loads(str(z["meta"]))
-  return z, gw.make_state_dict(meta["spec"], meta["seed"])
+  arrays, _, sd = _runner.golden_fixture(name)
+  return arrays, sd
 
 
 def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  return _runner.peak_rss_mib()
 
 
 def _time(fn, args, iters):

@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+import _runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -42,18 +42,16 @@ CASES = {"warp128": ("warp", 128), "warp256": ("warp", 256), "fomm256": ("fomm",
 
 def _fomm_backbone():
   """FOMM vox-256 with the golden-recipe weights, or raises RuntimeError saying why not."""
-  sys.path.insert(0, os.path.join(ROOT, "tests"))
   try:
-    import golden_utils  # pylint: disable=g-import-not-at-top
     from magplus_jax.models.backbones import Backbone, fomm  # pylint: disable=g-import-not-at-top
     from magplus_jax.ports import fomm as port  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise RuntimeError(f"FOMM port or tests/golden_utils.py not available: {e}") from e
+    raise RuntimeError(f"FOMM port not available: {e}") from e
   try:
-    _, meta, sd = golden_utils.load_fixture("fomm_vox256")
+    _, meta, sd = _runner.golden_fixture("fomm_vox256")
   except (FileNotFoundError, AssertionError) as e:
     raise RuntimeError(f"FOMM golden fixture not usable: {e}") from e
-  split = lambda p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+  split = lambda p: _runner.submodule(sd, p)
   model_params = fomm.model_config(meta["config"])
   model = fomm.from_state_dict(model_params, port.convert_state_dict(
       split("generator."), split("kp_detector."), model_params))
@@ -134,8 +132,8 @@ def child(args) -> None:
     out = run_case(args.case, args.frames, args.chunk, args.reps, args.model)
   except RuntimeError as e:
     out = {"case": args.case, "skipped": str(e)}
-  out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print("RESULT " + json.dumps(out))
+  out["peak_rss_mib"] = _runner.peak_rss_mib()
+  _runner.emit(out)
 
 
 def format_table(results: list[dict]) -> str:
@@ -173,16 +171,14 @@ def main() -> None:
         f"{args.chunk}, magnifier model {args.model}")
   results = []
   for case in args.cases:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--case", case, "--frames",
-           str(args.frames), "--chunk", str(args.chunk), "--reps", str(args.reps), "--model",
-           args.model]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-      results.append({"case": case, "failed": proc.stderr.strip().splitlines()[-1:]})
-      print(f"{case}: failed\n{proc.stderr[-2000:]}")
+    r, err = _runner.run_child(__file__, ["--case", case, "--frames", str(args.frames),
+                                          "--chunk", str(args.chunk), "--reps", str(args.reps),
+                                          "--model", args.model])
+    if r is None:
+      results.append({"case": case, "failed": err.strip().splitlines()[-1:]})
+      print(f"{case}: failed ({err})")
       continue
-    results.append(json.loads(line[0][7:]))
+    results.append(r)
     print(f"{case}: {json.dumps(results[-1])}")
   print(format_table(results))
   if args.out:

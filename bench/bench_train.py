@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
+
+import _runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -32,7 +32,7 @@ def _peak_memory_bytes() -> int:
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return int(_runner.peak_rss_mib() * 2**20)
 
 
 def _config(size: int, batch: int):
@@ -186,7 +186,7 @@ def bench_unet_torch(size: int, batch: int, steps: int) -> dict:
           "examples_per_s": batch / dt, "torch_threads": torch.get_num_threads(),
           "flops_per_example": float(counter.get_total_flops()) / batch,
           "torch": torch.__version__,
-          "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+          "peak_memory_bytes": int(_runner.peak_rss_mib() * 2**20)}
 
 
 CASES = {"full": bench_full_step, "unet_jax": bench_unet_jax, "unet_torch": bench_unet_torch}
@@ -204,7 +204,7 @@ def main():
   args = p.parse_args()
   if args.child:  # one case in a fresh process, so its peak memory is its own
     name, size = args.child.split(":")
-    print(json.dumps(CASES[name](int(size), args.batch, args.steps)))
+    _runner.emit(CASES[name](int(size), args.batch, args.steps))
     return
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, batch {args.batch}, "
         f"{args.steps} timed steps")
@@ -212,13 +212,12 @@ def main():
   for size in (int(s) for s in args.sizes.split(",")):
     names = ["full"] + (["unet_jax", "unet_torch"] if args.torch else [])
     for name in names:
-      r = subprocess.run([sys.executable, __file__, "--child", f"{name}:{size}", "--batch",
-                          str(args.batch), "--steps", str(args.steps)],
-                         capture_output=True, text=True, check=False)
-      if r.returncode:
-        print(f"{name} {size}: failed\n{r.stderr[-2000:]}", file=sys.stderr)
+      r, err = _runner.run_child(__file__, ["--batch", str(args.batch), "--steps", str(args.steps)],
+                                 child_flag=["--child", f"{name}:{size}"])
+      if r is None:
+        print(f"{name} {size}: failed ({err})", file=sys.stderr)
         continue
-      rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+      rows.append(r)
   by_case = {r["case"]: r for r in rows}
   for size in (int(s) for s in args.sizes.split(",")):
     j, t = by_case.get(f"unet_jax_{size}"), by_case.get(f"unet_torch_{size}")

@@ -1,13 +1,13 @@
 """Generation evaluation: the whole pipeline on procedural micro clips whose motion is exact.
 
-  python -m magplus_jax.evaluate_generation --config configs/evaluate_generation.py --workdir W \
+  python -m magplus_jax.main --config configs/evaluate_generation.py --workdir W \
       [--config.generate.magplus_checkpoint=runs/magplus --config.generate.demag_checkpoint=runs/demag]
       [--config.evaluate_generation.num_clips=16] [--config.generate.alpha=8]
       [--config.backbone.name=fomm --config.backbone.checkpoint=converted/fomm --config.backbone.image_size=256]
 
 Everything of configs/generate.py (backbone, flow, magnifier checkpoints, alpha calibration, chunk)
 applies; magnifiers missing from the config are taken from <workdir>/magplus and <workdir>/demag,
-else the shipped weights, exactly as `generate` does. arg = backbone name. Metrics: magplus_jax/evaluate_generation.py.
+else the shipped weights, exactly as `generate` does. arg = backbone name. Metrics: magplus_jax/evaluation/generation.py.
 """
 import importlib.util
 import os

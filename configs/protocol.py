@@ -1,6 +1,6 @@
 """The synthetic magnification protocol (Oh et al. 2018, as reused by FlowMag) as one command.
 
-  python -m magplus_jax.protocol_main --config configs/protocol.py --workdir W \
+  python -m magplus_jax.main --config configs/protocol.py --workdir W \
       [--config.protocol.checkpoint=runs/magplus] [--config.protocol.image_size=128 \
        --config.protocol.num_pairs=16]
 
@@ -32,7 +32,7 @@ def get_config(arg=None):
       max_repeats=1,                  # MagPlus applications per frame (>1: alpha > alpha_max)
       magnifiers=("identity", "eulerian", "phase", "phase_yiq", "magplus", "untrained"),
       tests=("subpixel", "noise"),
-      # ProtocolSpec fields (magplus_jax/synthetic_protocol.py)
+      # ProtocolSpec fields (magplus_jax/evaluation/synthetic_protocol.py)
       image_size=128 if full else 64,
       num_pairs=16 if full else 8,
       batch_size=8,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magplus_jax import metrics
+from magplus_jax.evaluation import metrics
 from magplus_jax.models.flow import FlowEstimator
 
 CALIBRATION_FILE = "calibration.json"
@@ -77,3 +77,18 @@ def load_target(directory: str) -> float | None:
     return None
   with open(path) as f:
     return float(json.load(f)["motion_target_px"])
+
+
+def target_at(directory: str, frame_side: int, default_size: int) -> float | None:
+  """The stored target in pixels of a frame whose short side is frame_side: motion targets are
+  measured at the training size (the run's config.json data.image_size where the checkpoint
+  holds one, else default_size) and scale with the frame."""
+  target = load_target(directory)
+  if target is None:
+    return None
+  size = default_size
+  cfg_path = os.path.join(directory, "config.json")
+  if os.path.isfile(cfg_path):
+    with open(cfg_path) as f:
+      size = int(json.load(f).get("data", {}).get("image_size", default_size))
+  return target * frame_side / float(size)

@@ -12,6 +12,7 @@ Training checkpoints: see `TrainCheckpointer` below.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,22 +56,37 @@ def check_state_dict(sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple]
   raise CheckpointMismatchError("\n  ".join(parts))
 
 
+@contextlib.contextmanager
+def _staged_dir(out_dir: str, overwrite: bool = False):
+  """Yields a fresh temporary directory beside out_dir, renamed to out_dir when the block ends
+  without error (an existing out_dir is replaced only with overwrite): a reader never sees a
+  half-written checkpoint, and a failure leaves what was there before untouched."""
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir!r} already exists; not overwriting it")
+  tmp = out_dir + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  yield tmp
+  if os.path.exists(out_dir):
+    old = out_dir + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, out_dir)
+
+
 def save_pretrained(out_dir: str, params: Any, *, model: str, config: dict | None = None,
                     source: str = "") -> str:
   """Writes `params` (a pytree of arrays) and its metadata to `out_dir` (must not exist)."""
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir):
-    raise FileExistsError(f"output directory {out_dir!r} already exists; not overwriting it")
-  tmp = out_dir + ".partial"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
   params = jax.tree.map(np.asarray, params)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(tmp, "params"), params)
-  with open(os.path.join(tmp, META_FILE), "w") as f:
-    json.dump({"model": model, "config": config or {}, "source": source}, f, indent=2)
-  os.rename(tmp, out_dir)
+  with _staged_dir(out_dir) as tmp:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, "params"), params)
+    with open(os.path.join(tmp, META_FILE), "w") as f:
+      json.dump({"model": model, "config": config or {}, "source": source}, f, indent=2)
   return out_dir
 
 
@@ -263,21 +279,12 @@ def export_magnifier(workdir: str, out_dir: str, *, overwrite: bool = False,
     state = ckptr.restore(os.path.join(src, str(step), "state"))
   weights = {"params": state["params"], "model_state": state["model_state"],
              "step": np.asarray(step, np.int32)}
-  tmp = out_dir + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  with ocp.CheckpointManager(os.path.join(tmp, "checkpoints"),
-                             options=ocp.CheckpointManagerOptions(create=True)) as out:
-    out.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)))
-    out.wait_until_finished()
-  for name in extra_files:
-    if os.path.exists(os.path.join(workdir, name)):
-      shutil.copy2(os.path.join(workdir, name), os.path.join(tmp, name))
-  if os.path.exists(out_dir):
-    old = out_dir + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old)
-  else:
-    os.rename(tmp, out_dir)
+  with _staged_dir(out_dir, overwrite) as tmp:
+    with ocp.CheckpointManager(os.path.join(tmp, "checkpoints"),
+                               options=ocp.CheckpointManagerOptions(create=True)) as out:
+      out.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)))
+      out.wait_until_finished()
+    for name in extra_files:
+      if os.path.exists(os.path.join(workdir, name)):
+        shutil.copy2(os.path.join(workdir, name), os.path.join(tmp, name))
   return step

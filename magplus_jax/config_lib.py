@@ -17,10 +17,12 @@ ConfigDict = ml_collections.ConfigDict
 # alpha ranges of the three training tasks (DESIGN.md); alpha_max is config.data.alpha_max.
 TASKS = ("magplus", "demag", "shared")
 # config.mode -> (module of magplus_jax, its job function(config, workdir)); main.py dispatches on it.
-MODES = {"train": ("train", "train_and_evaluate"), "evaluate": ("evaluate", "evaluate"),
-         "generate": ("generate", "generate"), "protocol": ("protocol_main", "protocol"),
-         "evaluate_generation": ("evaluate_generation", "evaluate_generation"),
-         "magnify": ("magnify", "magnify")}
+MODES = {"train": ("train", "train_and_evaluate"), "generate": ("generate", "generate"),
+         "magnify": ("magnify", "magnify"),
+         # the ways of scoring, all in magplus_jax/evaluation/
+         "evaluate": ("evaluation.heldout", "evaluate"),
+         "protocol": ("evaluation.protocol_mode", "protocol"),
+         "evaluate_generation": ("evaluation.generation", "evaluate_generation")}
 
 
 def base_config() -> ConfigDict:
@@ -63,7 +65,7 @@ def base_config() -> ConfigDict:
   c.profile = False
   c.stop_after_steps = 0  # >0: leave the loop early (used to test resume; the schedule keeps total_steps)
 
-  # evaluate mode (magplus_jax/evaluate.py)
+  # evaluate mode (magplus_jax/evaluation/heldout.py)
   c.evaluate = ConfigDict(dict(alphas=(4.0, 8.0, 16.0, 32.0), num_clips=32, checkpoint="",
                                demag_checkpoint="", baselines=("identity", "untrained"),
                                batch_size=16, out="metrics.json"))

@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from magplus_jax import adaptation, calibration, config_lib, metrics, pretrained
+from magplus_jax import adaptation, calibration, config_lib, pretrained
+from magplus_jax.evaluation import metrics
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models.backbones import get_backbone
 from magplus_jax.models.flow import get_flow

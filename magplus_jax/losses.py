@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from magplus_jax import metrics
+from magplus_jax.evaluation import metrics
 from magplus_jax.models import resample
 from magplus_jax.models.flow import FlowEstimator
 

@@ -44,15 +44,21 @@ from magplus_jax.models.flow import get_flow
 CHOICES = ("magplus", "eulerian", "phase", "phase_yiq", "identity")
 
 
-def build(config, alpha: float):
-  """(Magnifier, description, build config or None) for config.magnifier at this alpha."""
+def resolve(config, alpha: float):
+  """(build config, description) of the learned network magnify uses at this alpha."""
+  task = "magplus" if alpha >= 1.0 else "demag"
+  given = config.magplus_checkpoint if task == "magplus" else config.demag_checkpoint
+  return pretrained.resolve(task, given, config, max_repeats=int(config.max_repeats))
+
+
+def build(config, alpha: float, resolved=None):
+  """(Magnifier, description, build config or None) for config.magnifier at this alpha;
+  resolved: resolve(config, alpha) where the caller already has it."""
   name = config.magnifier
   if name not in CHOICES:
     raise ValueError(f"config.magnifier={name!r}: choose one of {CHOICES}")
   if name == "magplus":
-    task = "magplus" if alpha >= 1.0 else "demag"
-    given = config.magplus_checkpoint if task == "magplus" else config.demag_checkpoint
-    cfg, where = pretrained.resolve(task, given, config, max_repeats=int(config.max_repeats))
+    cfg, where = resolved or resolve(config, alpha)
     return magnifier_lib.build(cfg), where, cfg
   if name == "identity":
     return magnifiers_lib.IDENTITY, "identity", None
@@ -132,21 +138,19 @@ def magnify(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flow = get_flow(config.flow)
   input_flows = calibration.clip_flows(flow, jnp.asarray(frames))  # calibration and the curve
   motion = calibration.clip_motion(input_flows)
-  why = "fixed by config.alpha"
+  why, resolved = "fixed by config.alpha", None
   if not alpha:
     target = float(config.motion_target)
     if not target:
-      cfg, _ = pretrained.resolve("magplus", config.magplus_checkpoint, config)
-      stored = calibration.load_target(cfg.checkpoint)
-      if not stored:
-        raise ValueError(f"no motion target in {cfg.checkpoint}; set config.motion_target or "
-                         "config.alpha")
-      train_size = pretrained.training_config("magplus")["data"]["image_size"] \
-          if cfg.checkpoint == pretrained.path("magplus") else config.data.image_size
-      target = stored * min(h, w) / float(train_size)
+      resolved = resolve(config, 1.0)  # calibrated alphas are >= 1: MagPlus's own network
+      target = calibration.target_at(resolved[0].checkpoint, min(h, w),
+                                     int(config.data.image_size))
+      if not target:
+        raise ValueError(f"no motion target in {resolved[0].checkpoint}; set "
+                         "config.motion_target or config.alpha")
     alpha = calibration.choose_alpha(motion, target, float(config.data.alpha_max))
     why = f"calibrated: target {target:.3f} px / clip motion {motion:.3f} px"
-  mag, where, cfg = build(config, alpha)
+  mag, where, cfg = build(config, alpha, resolved if alpha >= 1.0 else None)
   if config.tta_steps:
     if config.magnifier != "magplus":
       raise ValueError(f"config.tta_steps={config.tta_steps}: test-time adaptation needs the "

@@ -1,8 +1,9 @@
 """python -m magplus_jax.main --config configs/<name>.py[:arg] --workdir DIR [--config.x=y ...]
 
-config.mode picks the job (config_lib.MODES): train (train.py), evaluate (evaluate.py), generate
-(generate.py), protocol (protocol_main.py: the synthetic magnification protocol) or
-evaluate_generation (evaluate_generation.py: the pipeline against the backbone alone).
+config.mode picks the job (config_lib.MODES): train (train.py), generate (generate.py), magnify
+(magnify.py), and the scorings in evaluation/: evaluate (heldout.py: held-out procedural pairs),
+protocol (protocol_mode.py: the synthetic magnification protocol) and evaluate_generation
+(generation.py: the pipeline against the backbone alone).
 Bad input (unknown config keys, wrong values, missing or corrupt files, a checkpoint of another
 model, alpha <= 0) ends with one line naming the thing and the problem, and a non-zero exit status
 (2 for the command line, 1 for the job); --debug shows the traceback instead.

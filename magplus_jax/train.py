@@ -24,7 +24,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from magplus_jax import calibration, checkpointing, config_lib, losses, metrics, sharding
+from magplus_jax import calibration, checkpointing, config_lib, losses, sharding
+from magplus_jax.evaluation import metrics
 from magplus_jax.models import magnifier
 from magplus_jax.models.flow import get_flow
 

@@ -5,7 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from magplus_jax import adaptation, evaluate, losses
+from magplus_jax import adaptation, losses
+from magplus_jax.evaluation import heldout
 from magplus_jax.models import magnifier, magnifiers
 from magplus_jax.models.flow import get_flow
 
@@ -16,7 +17,7 @@ def _setup():
   # The Eulerian-gate network starts at the identity, so adaptation must find the motion (the
   # default Lagrangian one starts close to its target already: a weak test of the optimiser).
   c = tiny_config(**{"model.output": "eulerian_gate"})
-  pairs = evaluate.heldout_pairs(c, 4.0, 3)
+  pairs = heldout.heldout_pairs(c, 4.0, 3)
   # A 4-frame clip: the shared reference, then three moved frames (the held-out pairs share no
   # reference, so the clip is ref_0 followed by frames warped from it with their own motion).
   frames = np.concatenate([pairs["ref"][:1], pairs["frame"][:1], pairs["frame"][:1],

@@ -1,4 +1,4 @@
-"""Generation evaluation (magplus_jax/evaluate_generation.py) on exact procedural micro clips."""
+"""Generation evaluation (magplus_jax/evaluation/generation.py) on exact procedural micro clips."""
 import json
 import os
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from magplus_jax import evaluate_generation as eg
-from magplus_jax import face_metrics
+from magplus_jax.evaluation import generation as eg
+from magplus_jax.evaluation import face_metrics
 from magplus_jax.models import magnifiers
 
 SIZE, FRAMES, ALPHA = 64, 6, 3.0
@@ -151,7 +151,7 @@ def test_config_errors_name_the_field():
 
 def test_cli_reports_bad_config_in_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "magplus_jax.evaluate_generation",
+      [sys.executable, "-m", "magplus_jax.evaluation.generation",
        f"--config={ROOT}/configs/evaluate_generation.py", f"--workdir={tmp_path}",
        "--config.evaluate_generation.num_frames=2"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,

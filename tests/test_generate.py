@@ -10,7 +10,8 @@ import pytest
 
 from conftest import tiny_config
 from data_pipelines import face_crop, images, micro_clips
-from magplus_jax import calibration, config_lib, generate, metrics, pretrained
+from magplus_jax import calibration, config_lib, generate, pretrained
+from magplus_jax.evaluation import metrics
 from magplus_jax.models import magnifiers
 from magplus_jax.models.backbones import get_backbone
 from magplus_jax.models.flow import get_flow

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_pipelines import procedural
-from magplus_jax import calibration, metrics
+from magplus_jax import calibration
+from magplus_jax.evaluation import metrics
 from magplus_jax.models import magnifier, resample
 
 jax.config.update("jax_default_matmul_precision", "highest")

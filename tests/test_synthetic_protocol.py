@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from magplus_jax import synthetic_protocol as sp
+from magplus_jax.evaluation import synthetic_protocol as sp
 from magplus_jax.models.magnifiers import get_magnifier
 
 # 40 px frames, 3 magnified px (10 px would not fit such a frame), 3 pairs in batches of 2 (so the

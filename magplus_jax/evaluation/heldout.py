@@ -7,7 +7,7 @@ other images and seeds than training) are magnified by every magnifier:
   * "untrained": the same network freshly initialised (a learned magnifier must beat it);
   * "identity": no magnification; "eulerian", "phase": the classical baselines, when listed in
     config.evaluate.baselines.
-Scores (magplus_jax/metrics.py): motion_error = L1(F(I0, pred), alpha F(I0, I1)) in px,
+Scores (magplus_jax/evaluation/metrics.py): motion_error = L1(F(I0, pred), alpha F(I0, I1)) in px,
 mag_error = relative error of the measured magnification |F(I0, pred)| / |F(I0, I1)| against alpha,
 ratio = that measured magnification, psnr / ssim against the exact magnified frame.
 With config.evaluate.demag_checkpoint (or the shipped DeMagPlus with the shipped MagPlus), the round trip DeMagPlus(MagPlus(x, alpha), 1/alpha) is
@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from magplus_jax import config_lib, metrics, pretrained
+from magplus_jax import config_lib, pretrained
+from magplus_jax.evaluation import metrics
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models import magnifiers
 from magplus_jax.models.flow import get_flow

@@ -1,6 +1,6 @@
 """`protocol`: the synthetic magnification protocol (synthetic_protocol.py) as one command.
 
-  python -m magplus_jax.protocol_main --config configs/protocol.py --workdir W \
+  python -m magplus_jax.main --config configs/protocol.py --workdir W \
       [--config.protocol.checkpoint=runs/magplus]
 
 Builds the magnifiers named in config.protocol.magnifiers and runs `synthetic_protocol.run_protocol`
@@ -26,7 +26,8 @@ import os
 import ml_collections
 from absl import logging
 
-from magplus_jax import config_lib, pretrained, synthetic_protocol
+from magplus_jax import config_lib, pretrained
+from magplus_jax.evaluation import synthetic_protocol
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models import magnifiers as magnifiers_lib
 
@@ -87,7 +88,7 @@ def spec_from_config(config) -> synthetic_protocol.ProtocolSpec:
 
 def _header(results: dict) -> str:
   lines = ["## Synthetic magnification protocol (Oh et al. 2018)", "",
-           "`python -m magplus_jax.protocol_main --config configs/protocol.py --workdir W`; "
+           "`python -m magplus_jax.main --config configs/protocol.py --workdir W`; "
            "magnifiers: " + ", ".join(results["magnifiers"]) + "."]
   if results["checkpoint"]:
     lines.append(f"Trained MagPlus: `{os.path.relpath(results['checkpoint'], _ROOT)}`, applied up to "
@@ -125,5 +126,5 @@ def protocol(config, workdir: str) -> dict:
 
 
 if __name__ == "__main__":
-  from magplus_jax.evaluate_generation import run_cli  # pylint: disable=g-import-not-at-top
+  from magplus_jax.evaluation.generation import run_cli  # pylint: disable=g-import-not-at-top
   run_cli(protocol)

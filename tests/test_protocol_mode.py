@@ -1,4 +1,4 @@
-"""The synthetic-protocol command (magplus_jax/protocol_main.py, configs/protocol.py)."""
+"""The synthetic-protocol command (magplus_jax/evaluation/protocol_mode.py, configs/protocol.py)."""
 import json
 import os
 import subprocess
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from magplus_jax import config_lib, pretrained, protocol_main
+from magplus_jax import config_lib, pretrained
+from magplus_jax.evaluation import protocol_mode
 from magplus_jax.models import magnifier as magnifier_lib
 
 
@@ -28,34 +29,34 @@ def _protocol_config():
 
 def test_magnifiers_and_checkpoint_lookup(tmp_path):
   config = _protocol_config()
-  mags, skipped, ckpt = protocol_main.build_magnifiers(config, str(tmp_path))
+  mags, skipped, ckpt = protocol_mode.build_magnifiers(config, str(tmp_path))
   assert list(mags) == ["identity", "eulerian", "phase", "phase_yiq", "untrained"]
   # config.model is not the shipped network's and no checkpoint is given: skipped, saying why.
   assert ckpt == "" and len(skipped) == 1
   assert skipped[0].startswith("magplus: no magplus checkpoint given and config.model differs")
   # A training workdir (or a generate workdir's magplus/) is found without being named.
   os.makedirs(tmp_path / "magplus" / "checkpoints" / "200")
-  found = protocol_main.find_checkpoint(config, str(tmp_path))[0]
+  found = protocol_mode.find_checkpoint(config, str(tmp_path))[0]
   assert found.checkpoint == str(tmp_path / "magplus")
   config.protocol.checkpoint = "/given"
-  assert protocol_main.find_checkpoint(config, str(tmp_path))[0].checkpoint == "/given"
+  assert protocol_mode.find_checkpoint(config, str(tmp_path))[0].checkpoint == "/given"
   # With the shipped architecture and nothing given: the shipped weights, one application.
   config = _protocol_config()
   config.model = config_lib.base_config().model
-  found = protocol_main.find_checkpoint(config, str(tmp_path / "empty"))[0]
+  found = protocol_mode.find_checkpoint(config, str(tmp_path / "empty"))[0]
   assert found.checkpoint == pretrained.path("magplus") and found.max_repeats == 1
   config = _protocol_config()
   config.protocol.magnifiers = ("identity", "warp")
   with pytest.raises(ValueError, match="protocol.magnifiers"):
-    protocol_main.build_magnifiers(config)
+    protocol_mode.build_magnifiers(config)
   config = _protocol_config()
   config.protocol.tests = ("subpixel", "blur")
   with pytest.raises(ValueError, match="protocol.tests"):
-    protocol_main.protocol(config, str(tmp_path))
+    protocol_mode.protocol(config, str(tmp_path))
   config = _protocol_config()
   config.protocol.image_size = 20
   with pytest.raises(ValueError, match="config.protocol: protocol image_size 20"):
-    protocol_main.protocol(config, str(tmp_path))
+    protocol_mode.protocol(config, str(tmp_path))
 
 
 def test_network_repeats_follow_alpha():
@@ -63,7 +64,7 @@ def test_network_repeats_follow_alpha():
   config = _protocol_config()
   config.data.alpha_max = 4.0
   config.protocol.max_repeats = 2
-  net = protocol_main._network(config, "", "net")  # pylint: disable=protected-access
+  net = protocol_mode._network(config, "", "net")  # pylint: disable=protected-access
   # Perturb the zero-initialised head so the network is not the identity.
   leaves, tree = jax.tree.flatten(net.params)
   keys = jax.random.split(jax.random.key(0), len(leaves))
@@ -86,7 +87,7 @@ def test_network_repeats_follow_alpha():
 def test_command_writes_tables_and_curves(tmp_path):
   m = tiny_config().model
   proc = subprocess.run(
-      [sys.executable, "-m", "magplus_jax.protocol_main", f"--config={ROOT}/configs/protocol.py",
+      [sys.executable, "-m", "magplus_jax.evaluation.protocol_mode", f"--config={ROOT}/configs/protocol.py",
        f"--workdir={tmp_path}", f"--config.model.levels={m.levels}",
        f"--config.model.width={m.width}", "--config.model.output=alpha_residual",
        "--config.protocol.magnifiers=('identity','magplus','untrained')",
@@ -120,7 +121,7 @@ def test_command_writes_tables_and_curves(tmp_path):
 
 def test_command_bad_config_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "magplus_jax.protocol_main", f"--config={ROOT}/configs/protocol.py",
+      [sys.executable, "-m", "magplus_jax.evaluation.protocol_mode", f"--config={ROOT}/configs/protocol.py",
        f"--workdir={tmp_path}", "--config.protocol.magnifiers=('identity','warp')"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -137,7 +138,7 @@ def test_shipped_magplus_protocol_smoke(tmp_path):
   config.model = config_lib.base_config().model
   config.protocol.update(dict(magnifiers=("identity", "phase_yiq", "magplus"), num_pairs=2,
                               batch_size=2, motions=(0.04, 1.0), noise_stds=(1.0,)))
-  results = protocol_main.protocol(config, str(tmp_path))
+  results = protocol_mode.protocol(config, str(tmp_path))
   assert results["checkpoint"] == pretrained.path("magplus") and not results["skipped"]
   for sweep in (results["subpixel"], results["noise"]):
     for i in range(len(sweep["x"])):

@@ -1,6 +1,6 @@
 """`evaluate_generation`: the whole pipeline scored on procedural micro clips whose motion is exact.
 
-  python -m magplus_jax.evaluate_generation --config configs/evaluate_generation.py --workdir W
+  python -m magplus_jax.main --config configs/evaluate_generation.py --workdir W
 
 For each of `num_clips` procedural micro-expression clips (data_pipelines/micro_clips.py: a face
 photo moved by 1-2 action units, sub-pixel apex amplitude, exact flow), the source face is animated
@@ -65,7 +65,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from magplus_jax import calibration, config_lib, face_metrics, generate, metrics
+from magplus_jax import calibration, config_lib, generate
+from magplus_jax.evaluation import face_metrics, metrics
 from magplus_jax.models import magnifier as magnifier_lib
 from magplus_jax.models import magnifiers as magnifiers_lib
 from magplus_jax.models import resample
@@ -424,7 +425,7 @@ def write_results(workdir: str, out: str, result: dict) -> dict[str, str]:
       "motion curves (p95); lm_*: motion at the AU centres (exact landmarks; gain 1 = exact "
       "amplitude); psnr/ssim: against the rest frame moved by the exact motion (`static` = no "
       "motion); src_ssim: output frames vs the source photo (`driver`: another face). " + faces +
-      " Definitions: magplus_jax/evaluate_generation.py.", ""])
+      " Definitions: magplus_jax/evaluation/generation.py.", ""])
   for key, path in paths.items():
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magplus_jax import metrics
+from magplus_jax.evaluation import metrics
 from magplus_jax.models.magnifiers import Magnifier
 
 _PAIR_TAG = 0x0E18  # keeps protocol seeds apart from training / evaluation example seeds
