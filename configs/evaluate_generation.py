@@ -7,7 +7,16 @@
 
 Everything of configs/generate.py (backbone, flow, magnifier checkpoints, alpha calibration, chunk)
 applies; magnifiers missing from the config are taken from <workdir>/magplus and <workdir>/demag,
-else the shipped weights, exactly as `generate` does. arg = backbone name. Metrics: magplus_jax/evaluation/generation.py.
+else the shipped weights, exactly as `generate` does. arg = backbone name. Metrics:
+magplus_jax/evaluation/generation.py.
+
+  python -m magplus_jax.main --config configs/evaluate_generation.py:fomm_small --workdir W
+
+is the paper's experiment with the FOMM trained here (shipped): the raw micro driver through the
+backbone alone, MagPlus -> FOMM -> DeMagPlus, and the classical pre-magnifications (linear,
+Eulerian, phase) in the same pipeline, on micro clips of grace_hopper, the face fomm_small's
+training held out, in self-reenactment (source = the driver's frame 0: the setting FOMM is trained
+in, so that what is measured is motion transfer, not identity transfer).
 """
 import importlib.util
 import os
@@ -40,5 +49,10 @@ def get_config(arg=None):
       # first-order reference)
       methods=("magplus", "backbone"),
       face_metrics=True,    # dlib landmarks + identity when dlib is installed (else logged, skipped)
+      videos=1,             # side-by-side videos of the first `videos` clips, one per method
       out="evaluate_generation"))  # <workdir>/<out>.json and .md
+  if arg == "fomm_small":
+    config.evaluate_generation.update(dict(
+        num_clips=16, faces=("grace_hopper",), source="same",
+        methods=("backbone", "magplus", "linear", "eulerian", "phase")))
   return config

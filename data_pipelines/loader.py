@@ -39,7 +39,7 @@ class ProceduralExample:
     return procedural.generate_example(self.spec, self.split, self.seed, int(index))
 
 
-def _per_process_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
+def per_process_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
   if global_batch_size < 1 or global_batch_size % process_count:
@@ -54,7 +54,7 @@ def _check_name(data_config: Any) -> None:
     raise ValueError(f"data.name: this loader builds 'procedural', got {name!r}")
 
 
-def _read_options(data_config: Any) -> grain.ReadOptions:
+def read_options(data_config: Any) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=int(data_config.get("num_threads", 2)),
                            prefetch_buffer_size=int(data_config.get("prefetch_buffer_size", 4)))
 
@@ -70,7 +70,7 @@ class _WarmSources:
     images.warm(self.split, self.sources)
 
 
-def _maybe_mp_prefetch(ds: grain.IterDataset, data_config: Any, split: str) -> grain.IterDataset:
+def maybe_mp_prefetch(ds: grain.IterDataset, data_config: Any, split: str) -> grain.IterDataset:
   workers = int(data_config.get("num_workers", 0))
   if workers <= 0:
     return ds
@@ -91,7 +91,7 @@ def train_map_dataset(data_config: Any, *, split: str, seed: int, global_batch_s
                       process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """The batched, infinitely repeated MapDataset behind make_dataset (random access by step)."""
   _check_name(data_config)
-  per_process = _per_process_batch(global_batch_size, process_index, process_count)
+  per_process = per_process_batch(global_batch_size, process_index, process_count)
   spec = procedural.ProceduralSpec.from_config(data_config)
   n = int(data_config.get("num_train_examples" if split == "train" else "num_eval_examples",
                           DEFAULT_NUM_TRAIN if split == "train" else DEFAULT_NUM_EVAL))
@@ -118,7 +118,7 @@ def make_dataset(data_config: Any, *, split: str, seed: int, global_batch_size: 
   """
   ds = train_map_dataset(data_config, split=split, seed=seed, global_batch_size=global_batch_size,
                          process_index=process_index, process_count=process_count)
-  return _maybe_mp_prefetch(ds.to_iter_dataset(_read_options(data_config)), data_config, split)
+  return maybe_mp_prefetch(ds.to_iter_dataset(read_options(data_config)), data_config, split)
 
 
 def make_eval_dataset(data_config: Any, *, seed: int, global_batch_size: int,
@@ -130,7 +130,7 @@ def make_eval_dataset(data_config: Any, *, seed: int, global_batch_size: int,
   batch may be short when N is not a multiple of global_batch_size, which is only allowed for one
   process (so every process runs the same number of eval steps)."""
   _check_name(data_config)
-  per_process = _per_process_batch(global_batch_size, process_index, process_count)
+  per_process = per_process_batch(global_batch_size, process_index, process_count)
   n = int(num_examples if num_examples is not None
           else data_config.get("num_eval_examples", DEFAULT_NUM_EVAL))
   if n < 1:
@@ -142,4 +142,4 @@ def make_eval_dataset(data_config: Any, *, seed: int, global_batch_size: int,
   ds = (grain.MapDataset.range(n)[process_index::process_count]
         .map(ProceduralExample(spec, "test", int(seed)))
         .batch(per_process, drop_remainder=False))
-  return _maybe_mp_prefetch(ds.to_iter_dataset(_read_options(data_config)), data_config, "test")
+  return maybe_mp_prefetch(ds.to_iter_dataset(read_options(data_config)), data_config, "test")

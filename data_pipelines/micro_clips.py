@@ -144,6 +144,47 @@ def _render_scaled(scene: P.Scene, field: P.MotionField, c: float, supersample: 
   return P.render(scene, field.scaled(c), supersample)
 
 
+def face_scene(rng: np.random.Generator, face: str, n: int):
+  """(scene, face box, to_out) of a random n x n crop of a bundled photo around its face.
+
+  The face box (source pixels) fills 55-70% of the crop width and the crop is jittered by up to
+  8% of the box; to_out maps source pixel-edge coordinates to output coordinates (pixel centres
+  at integers). Shared by the micro clips and FOMM's macro pairs (fomm_pairs.py)."""
+  bx, by, bw, bh = face_box(face)
+  zoom = bw / (n * rng.uniform(0.55, 0.7))
+  cx = bx + bw / 2 + rng.uniform(-0.08, 0.08) * bw
+  cy = by + bh / 2 + rng.uniform(-0.08, 0.08) * bh
+  scene = P.Scene((face, 0), (cx - zoom * n / 2, cy - zoom * n / 2), zoom, False, n)
+
+  def to_out(px, py):
+    return (px - scene.origin[0]) / zoom - 0.5, (py - scene.origin[1]) / zoom - 0.5
+  return scene, (bx, by, bw, bh), to_out
+
+
+def au_field(rng: np.random.Generator, box, to_out, zoom: float, n: int, max_aus: int):
+  """(unit field, AU names, bumps): 1..max_aus random AUs of `AUS` placed in the face box, each
+  at a random weight in [0.5, 1], as one MotionField scaled to max |f| = 1 on the n x n grid;
+  bumps are (cx, cy, sx, sy) in output pixels."""
+  bx, by, bw, bh = box
+  names = sorted(AUS)
+  k = int(rng.integers(1, max_aus + 1))
+  chosen = tuple(names[i] for i in sorted(rng.choice(len(names), size=k, replace=False)))
+  centres, sigmas, amps, bumps = [], [], [], []
+  for au in chosen:
+    weight = rng.uniform(0.5, 1.0)
+    for u, v, su, sv, dx, dy in AUS[au]:
+      ox, oy = to_out(bx + u * bw, by + v * bh)
+      sx, sy = su * bw / zoom, sv * bw / zoom
+      d = np.array([dx, dy]) / math.hypot(dx, dy)
+      centres.append((ox, oy))
+      sigmas.append((sx, sy))
+      amps.append(d * weight)
+      bumps.append((ox, oy, sx, sy))
+  unit = P.normalize_field(P.MotionField(np.array(centres), np.array(sigmas), np.array(amps),
+                                         np.zeros(2)), n)
+  return unit, chosen, bumps
+
+
 def make_clip(cfg: Any = None, *, seed: int, index: int = 0) -> MicroClip:
   """One clip, deterministic in (cfg, seed, index). Config fields (`config.data` style, .get):
   image_size (64), num_frames (16), supersample (4), micro_amplitude_px ((0.1, 1.0), log-uniform),
@@ -165,33 +206,8 @@ def make_clip(cfg: Any = None, *, seed: int, index: int = 0) -> MicroClip:
   rng = np.random.default_rng([int(seed), MICRO_TAG, int(index)])
 
   face = faces[int(rng.integers(len(faces)))]
-  bx, by, bw, bh = face_box(face)
-  # The face box fills 55-70% of the crop width; the crop is jittered by up to 8% of the box.
-  zoom = bw / (n * rng.uniform(0.55, 0.7))
-  cx = bx + bw / 2 + rng.uniform(-0.08, 0.08) * bw
-  cy = by + bh / 2 + rng.uniform(-0.08, 0.08) * bh
-  scene = P.Scene((face, 0), (cx - zoom * n / 2, cy - zoom * n / 2), zoom, False, n)
-
-  def to_out(px, py):
-    """Source pixel-edge coordinates -> output coordinates (pixel centres at integers)."""
-    return (px - scene.origin[0]) / zoom - 0.5, (py - scene.origin[1]) / zoom - 0.5
-
-  names = sorted(AUS)
-  k = int(rng.integers(1, max_aus + 1))
-  chosen = tuple(names[i] for i in sorted(rng.choice(len(names), size=k, replace=False)))
-  centres, sigmas, amps, bumps = [], [], [], []
-  for au in chosen:
-    weight = rng.uniform(0.5, 1.0)
-    for u, v, su, sv, dx, dy in AUS[au]:
-      ox, oy = to_out(bx + u * bw, by + v * bh)
-      sx, sy = su * bw / zoom, sv * bw / zoom
-      d = np.array([dx, dy]) / math.hypot(dx, dy)
-      centres.append((ox, oy))
-      sigmas.append((sx, sy))
-      amps.append(d * weight)
-      bumps.append((ox, oy, sx, sy))
-  unit = P.normalize_field(P.MotionField(np.array(centres), np.array(sigmas), np.array(amps),
-                                         np.zeros(2)), n)
+  scene, box, to_out = face_scene(rng, face, n)
+  unit, chosen, bumps = au_field(rng, box, to_out, scene.zoom, n, max_aus)
   amp = float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
   field = unit.scaled(amp)
   grid = np.arange(n, dtype=np.float64)
@@ -205,9 +221,10 @@ def make_clip(cfg: Any = None, *, seed: int, index: int = 0) -> MicroClip:
   if noise_std > 0:
     frames = P.add_noise(rng, frames, noise_std)
   flows = (course[:, None, None, None] * flow_apex[None]).astype(np.float32)
+  bx, by, bw, bh = box
   x0, y0 = to_out(bx, by)
   return MicroClip(frames=frames.astype(np.float32), flows=flows, course=course.astype(np.float32),
                    apex_index=apex, au=chosen,
-                   face_box=(float(x0), float(y0), float(bw / zoom), float(bh / zoom)),
+                   face_box=(float(x0), float(y0), float(bw / scene.zoom), float(bh / scene.zoom)),
                    amplitude=amp, max_alpha=max_alpha, scene=scene, field=field, supersample=s,
                    bumps=tuple(tuple(float(v) for v in b) for b in bumps))

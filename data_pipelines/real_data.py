@@ -46,6 +46,16 @@ def prepare(name: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLik
   return builder
 
 
+def splits(name: str, data_dir: str | os.PathLike, config: str | None = None) -> list[str]:
+  """The split names of a prepared builder (e.g. ['train', 'test']); never builds."""
+  builder = _builder(name, data_dir, config)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"{_full_name(name, config)} is not prepared under {data_dir}; build it first with "
+        f"data_pipelines.real_data.prepare({name!r}, data_dir, manual_dir)")
+  return list(builder.info.splits)
+
+
 def data_source(name: str, data_dir: str | os.PathLike, *, split: str, config: str | None = None):
   """Random-access source (len, [i]) of a prepared builder, via tfds.data_source; never builds."""
   import tensorflow_datasets as tfds

@@ -78,11 +78,12 @@ def _staged_dir(out_dir: str, overwrite: bool = False):
 
 
 def save_pretrained(out_dir: str, params: Any, *, model: str, config: dict | None = None,
-                    source: str = "") -> str:
-  """Writes `params` (a pytree of arrays) and its metadata to `out_dir` (must not exist)."""
+                    source: str = "", overwrite: bool = False) -> str:
+  """Writes `params` (a pytree of arrays) and its metadata to `out_dir` (must not exist, unless
+  overwrite: then it is replaced once the new one is complete)."""
   out_dir = os.path.abspath(out_dir)
   params = jax.tree.map(np.asarray, params)
-  with _staged_dir(out_dir) as tmp:
+  with _staged_dir(out_dir, overwrite) as tmp:
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "params"), params)
     with open(os.path.join(tmp, META_FILE), "w") as f:
@@ -195,7 +196,7 @@ class TrainCheckpointer:
     self.manager.close()
 
 
-def _latest_step(directory: str) -> int | None:
+def latest_training_step(directory: str) -> int | None:
   """The newest step orbax lists in a training checkpoints directory (None: no checkpoint)."""
   mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   step = mngr.latest_step()
@@ -214,7 +215,7 @@ def load_magnifier_variables(ckpt_dir: str, abstract_variables: Any) -> Any:
   directory = sub if os.path.isdir(sub) else ckpt_dir
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"magnifier checkpoint {ckpt_dir!r} does not exist")
-  step = _latest_step(directory)
+  step = latest_training_step(directory)
   if step is None:
     raise CheckpointMismatchError(f"{ckpt_dir!r} holds no training checkpoint")
   path = os.path.join(directory, str(step), "state")
@@ -272,7 +273,7 @@ def export_magnifier(workdir: str, out_dir: str, *, overwrite: bool = False,
   if os.path.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir!r} exists; pass overwrite=True to replace it")
   src = os.path.join(os.path.abspath(workdir), "checkpoints")
-  step = _latest_step(src)
+  step = latest_training_step(src)
   if step is None:
     raise CheckpointMismatchError(f"{workdir!r} holds no training checkpoint to export")
   with ocp.StandardCheckpointer() as ckptr:

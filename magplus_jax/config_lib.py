@@ -14,8 +14,11 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-# alpha ranges of the three training tasks (DESIGN.md); alpha_max is config.data.alpha_max.
-TASKS = ("magplus", "demag", "shared")
+# What config.task trains: the three magnifier tasks (their alpha ranges: alpha_range, DESIGN.md;
+# alpha_max is config.data.alpha_max) and "fomm", the First Order Motion Model backbone itself
+# (magplus_jax/fomm_training.py; its fields are config.fomm, see fomm_config).
+MAGNIFIER_TASKS = ("magplus", "demag", "shared")
+TASKS = MAGNIFIER_TASKS + ("fomm",)
 # config.mode -> (module of magplus_jax, its job function(config, workdir)); main.py dispatches on it.
 MODES = {"train": ("train", "train_and_evaluate"), "generate": ("generate", "generate"),
          "magnify": ("magnify", "magnify"),
@@ -72,6 +75,42 @@ def base_config() -> ConfigDict:
   return c
 
 
+def fomm_config() -> ConfigDict:
+  """config.fomm for config.task="fomm" (configs/fomm_small.py): a reduced 64 px FOMM.
+
+  model_params has the layout of the official config/vox-256.yaml model_params
+  (models/backbones/fomm.VOX256_MODEL_PARAMS) so that the trained weights load through the FOMM
+  backbone; the widths here are cut for a 2-core CPU (vox-256: kp 32/1024/5 blocks at 1/4 scale,
+  generator 64/512 with 6 bottleneck blocks, dense motion 64/1024/5 blocks at 1/4 scale). At 64 px
+  a 1/2 input scale with 4 blocks ends the hourglasses at 2x2 px, as vox-256's 1/4 and 5 do at 256.
+  transform / loss: the official train_params (transform_params, loss_weights, scales), with an
+  L1 image pyramid in place of VGG-19 perceptual features unless loss.reconstruction="vgg19" (then
+  loss.vgg_checkpoint: a directory written by `python -m magplus_jax.ports.vgg19`).
+  data: data_pipelines/fomm_pairs.py (mixture "name:weight,...": procedural, pyfeat, video_folders).
+  """
+  return ConfigDict(dict(
+      model_params=dict(
+          common_params=dict(num_kp=10, num_channels=3, estimate_jacobian=True),
+          kp_detector_params=dict(temperature=0.1, block_expansion=32, max_features=256,
+                                  scale_factor=0.5, num_blocks=4),
+          generator_params=dict(block_expansion=32, max_features=256, num_down_blocks=2,
+                                num_bottleneck_blocks=3, estimate_occlusion_map=True,
+                                dense_motion_params=dict(block_expansion=32, max_features=256,
+                                                         num_blocks=4, scale_factor=0.5))),
+      align_corners=False,  # of the model's warps; see models/backbones/fomm.py (False: as loaded)
+      transform=dict(sigma_affine=0.05, sigma_tps=0.005, points_tps=5),
+      loss=dict(scales=(1.0, 0.5, 0.25, 0.125), reconstruction="l1", w_reconstruction=10.0,
+                vgg_checkpoint="", w_perceptual=(10.0, 10.0, 10.0, 10.0, 10.0),
+                w_equivariance_value=10.0, w_equivariance_jacobian=10.0),
+      augment=dict(flip=True, time_flip=True),
+      data=dict(mixture="procedural:1,pyfeat:1", heldout_fraction=0.2, segment_frames=48,
+                crop="face", pyfeat_clips=("single_face.mp4", "WolfgangLanger_Pexels.mp4"),
+                supersample=2, macro_amplitude_px=(2.0, 8.0), max_aus=3, head_shift=0.04,
+                head_rotate_deg=6.0, head_scale=0.06,
+                video_folders_dir="", video_folders_config="face256"),
+  ))
+
+
 def alpha_range(config) -> tuple[float, float]:
   a = float(config.data.alpha_max)
   return {"magplus": (1.0, a), "demag": (1.0 / a, 1.0), "shared": (1.0 / a, a)}[config.task]
@@ -91,8 +130,14 @@ def validate(config) -> None:
       raise ValueError(f"config.{name}={config[name]!r}: must be > 0")
   if config.nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy={config.nan_policy!r}: choose stop or skip")
+  if config.task == "fomm":
+    if "fomm" not in config:
+      raise ValueError("config.task='fomm' needs the config.fomm fields: start from "
+                       "configs/fomm_small.py (or config_lib.fomm_config())")
+    from magplus_jax import fomm_training  # pylint: disable=g-import-not-at-top
+    fomm_training.validate(config)
   div = 2 ** (config.model.levels - 1)
-  if config.data.image_size % div:
+  if config.task != "fomm" and config.data.image_size % div:
     raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
                      f"{div} for config.model.levels={config.model.levels}")
   from magplus_jax.models import backbones, flow, magnifier  # pylint: disable=g-import-not-at-top

@@ -74,32 +74,38 @@ def magnifier_configs(config, workdir: str) -> tuple[ml_collections.ConfigDict,
 
 # ---------------------------------------------------------------------------------------- pipeline
 def make_chunk_fn(magplus, backbone, demag):
-  """One jit: (driving ref, chunk [1,T,H,W,3], source, first generated frame, alpha) -> 3 clips."""
+  """One jit: (driving ref, chunk [1,T,H,W,3], source, first generated frame, alpha, DeMagPlus's
+  factor) -> 3 clips."""
   @jax.jit
-  def run_chunk(mp, bp, dp, source, d_ref, chunk, g_ref, alpha):
+  def run_chunk(mp, bp, dp, source, d_ref, chunk, g_ref, alpha, demag_alpha):
     clip = jnp.concatenate([d_ref[:, None], chunk], axis=1)
     magnified = magplus.magnify_clip(mp, clip, alpha)[:, 1:]
     generated = backbone.animate(bp, source, magnified, d_ref)
     gen_clip = jnp.concatenate([g_ref[:, None], generated], axis=1)
-    out = demag.magnify_clip(dp, gen_clip, 1.0 / alpha)[:, 1:]
+    out = demag.magnify_clip(dp, gen_clip, demag_alpha)[:, 1:]
     return magnified, generated, out
   return run_chunk
 
 
-def run_pipeline(source, driving, alpha, magplus, backbone, demag, chunk: int):
-  """source [H,W,3], driving [T,H,W,3] -> dict of [T,H,W,3] numpy clips (frame 0 included)."""
+def run_pipeline(source, driving, alpha, magplus, backbone, demag, chunk: int,
+                 attenuate: float = 1.0):
+  """source [H,W,3], driving [T,H,W,3] -> dict of [T,H,W,3] numpy clips (frame 0 included).
+
+  DeMagPlus runs at 1 / (alpha * attenuate): attenuate 1 gives the driver's own intensity back;
+  > 1 the output moves 1/attenuate of the driver (the macro -> micro direction)."""
   src = jnp.asarray(source)[None]
   d_ref = jnp.asarray(driving[:1])
   backbone = backbone.bind_source(src, d_ref)  # the source pass once per clip, not per chunk
   fn = make_chunk_fn(magplus, backbone, demag)
   a = jnp.full((1,), alpha, jnp.float32)
+  d_a = jnp.full((1,), 1.0 / (alpha * attenuate), jnp.float32)
   g_ref = jax.jit(backbone.animate)(backbone.params, src, d_ref[:, None], d_ref)[:, 0]
   outs = {"magnified": [driving[:1]], "generated": [np.asarray(g_ref)], "output": [np.asarray(g_ref)]}
   for i in range(1, driving.shape[0], chunk):
     part = jnp.asarray(driving[i:i + chunk])[None]
     if part.shape[1] < chunk:  # pad the last chunk: one compiled shape for the whole clip
       part = jnp.concatenate([part, jnp.repeat(part[:, -1:], chunk - part.shape[1], 1)], 1)
-    res = fn(magplus.params, backbone.params, demag.params, src, d_ref, part, g_ref, a)
+    res = fn(magplus.params, backbone.params, demag.params, src, d_ref, part, g_ref, a, d_a)
     n = min(chunk, driving.shape[0] - i)
     for k, v in zip(("magnified", "generated", "output"), res):
       outs[k].append(np.asarray(v[0, :n]))
@@ -110,6 +116,13 @@ def run_pipeline(source, driving, alpha, magplus, backbone, demag, chunk: int):
 
 # ----------------------------------------------------------------------------------------- outputs
 PIPELINE_CLIPS = ("driver", "magnified", "generated", "output")
+PANEL = "source | driver | magnified driver | backbone output | final"
+
+
+def side_by_side(source: np.ndarray, clips: dict) -> np.ndarray:
+  """run_pipeline's clips -> [T, H, 5 W, 3] frames laid out as PANEL."""
+  return np.concatenate([np.broadcast_to(source, clips["driver"].shape)] +
+                        [clips[k] for k in PIPELINE_CLIPS], axis=2)
 _STYLES = {"driver": "k-", "input": "k-", "magnified": "r--", "generated": "m:", "output": "b-"}
 
 
@@ -154,6 +167,10 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if gen.alpha and not (np.isfinite(gen.alpha) and gen.alpha > 0):
     raise ValueError(f"config.generate.alpha={gen.alpha}: alpha must be a finite number > 0 "
                      "(or 0 to calibrate it per clip)")
+  att = float(gen.get("attenuate", 1.0))
+  if not (np.isfinite(att) and att >= 1):
+    raise ValueError(f"config.generate.attenuate={att}: must be a finite number >= 1 (1: the "
+                     "driver's intensity; 8: an eighth of it)")
   mag_cfg, demag_cfg, how = magnifier_configs(config, workdir)
   alpha_max = float(mag_cfg.alpha_max)
   if gen.alpha:  # reachable with config.generate.max_repeats applications? (before any work)
@@ -185,19 +202,21 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     magplus = adaptation.adapt(magplus, driving, alpha, flow, config.loss, steps=gen.tta_steps,
                                learning_rate=gen.tta_learning_rate)
 
-  clips = run_pipeline(source, driving, alpha, magplus, backbone, demag, gen.chunk)
+  if alpha * att > float(demag_cfg.alpha_max) ** reps:
+    raise ValueError(f"alpha {alpha:.3g} x config.generate.attenuate {att:g} asks DeMagPlus for "
+                     f"1/{alpha * att:.3g}, below its 1/{demag_cfg.alpha_max:g}; lower either")
+  clips = run_pipeline(source, driving, alpha, magplus, backbone, demag, gen.chunk, att)
   curves = intensity(flow, clips, flows={"driver": driver_flows})
   video_io.write_video(os.path.join(workdir, "result.mp4"), clips["output"], fps)
-  panel = np.concatenate([np.broadcast_to(source, clips["driver"].shape), clips["driver"],
-                          clips["magnified"], clips["generated"], clips["output"]], axis=2)
+  panel = side_by_side(source, clips)
   video_io.write_video(os.path.join(workdir, "side_by_side.mp4"), panel, fps)
   video_io.write_gif(os.path.join(workdir, "side_by_side.gif"), panel, min(fps, 25.0))
   plot_intensity(os.path.join(workdir, "intensity.png"), curves, alpha)
-  summary = {"alpha": alpha, "alpha_reason": why, "repeats": reps,
+  summary = {"alpha": alpha, "alpha_reason": why, "repeats": reps, "attenuate": att,
              "tta_steps": int(gen.get("tta_steps", 0)), "clip_motion_px": motion,
              "motion_target_px": target, "backbone": backbone.name, "flow": flow.name,
              "magnifiers": how, "inputs": desc, "frames": int(driving.shape[0]), "fps": fps,
-             "panel": "source | driver | magnified driver | backbone output | final",
+             "panel": PANEL,
              "intensity": curves}
   tmp = os.path.join(workdir, "generate.json.tmp")
   with open(tmp, "w") as f:

@@ -1,9 +1,14 @@
-"""The one trainer: MagPlus / DeMagPlus / the shared network, on any mesh, resumable.
+"""The one trainer: MagPlus / DeMagPlus / the shared network, and FOMM, on any mesh, resumable.
 
-Read top to bottom: setup -> mesh -> data -> model and optimizer -> sharded init -> train step ->
-restore -> loop (eval, sample images, checkpoints, preemption, NaN guard).
+Read top to bottom: pieces -> tasks -> train step -> trainer (setup -> mesh -> task, model and
+sharded init -> data -> restore -> loop: eval, sample images, checkpoints, preemption, NaN guard).
 
-The state is a plain pytree {"params", "model_state", "opt_state", "step", "rng"} of the magnifier's
+What differs between the networks is a `Task` (config.task): the model, the loss inside the step,
+the eval step, the sample images, the data and what is written at the end. MagPlus, DeMagPlus and
+the shared network are `MagnifierTask` below; FOMM is magplus_jax/fomm_training.py. Everything
+else is one code path for all of them.
+
+The state is a plain pytree {"params", "model_state", "opt_state", "step", "rng"} of the model's
 NNX variables as pure dicts, so the jitted step, the shardings and orbax all see one simple tree.
 Determinism: the data order comes from config.seed (per process), the step rng is
 fold_in(key(config.seed), step); a resumed run replays exactly what an uninterrupted one does.
@@ -13,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -85,20 +90,109 @@ def batch_summary(batch: dict) -> str:
                    if np.issubdtype(np.asarray(v).dtype, np.floating))
 
 
-def make_train_step(graphdef, tx, flow, config):
+# ================================================================================================
+# Tasks: what differs between the networks this one loop trains
+# ================================================================================================
+
+
+class Task(Protocol):
+  """The task-specific half of training; the loop, sharding, checkpoints, resume, metric writers,
+  NaN guard and determinism are shared. A task is built once per run from the config.
+
+  frozen: a network that is not trained but feeds the loss, with `.params` (MagPlus: the flow
+  estimator F; FOMM: the optional VGG-19); its params enter every step replicated.
+  create_model(): the trained nnx.Module, a pure function of config.seed.
+  loss(model, batch, rng, frozen_params) -> (scalar loss, terms incl. "loss"): traced inside
+  value_and_grad; the model's non-Param variables after the call (BatchNorm statistics) become the
+  new model_state. rng is fold_in(key(config.seed), step).
+  evaluate(model, batch, frozen_params) -> (scalar metrics, prediction pytree): eval mode.
+  sample_images(batch, prediction) -> {name: [N, H, W', 3] in [0, 1]} for the metric writer.
+  datasets(process_index, process_count) -> (checkpointable train iterator, eval batches).
+  finish(workdir, eval_metrics, step): process 0, after the last checkpoint is written.
+  """
+  name: str
+  frozen: Any
+
+  def create_model(self) -> nnx.Module: ...
+  def loss(self, model, batch, rng, frozen_params) -> tuple[jax.Array, dict]: ...
+  def evaluate(self, model, batch, frozen_params) -> tuple[dict, Any]: ...
+  def sample_images(self, batch, prediction) -> dict: ...
+  def datasets(self, process_index: int, process_count: int) -> tuple[Any, Any]: ...
+  def finish(self, workdir: str, eval_metrics: dict, step: int) -> None: ...
+
+
+@dataclasses.dataclass
+class MagnifierTask:
+  """MagPlus / DeMagPlus / the shared network (config.task magplus, demag, shared)."""
+  config: ml_collections.ConfigDict
+  frozen: Any  # the flow estimator F
+  name: str = "magnifier"
+
+  def create_model(self):
+    return magnifier.create(self.config.model, self.config.seed)
+
+  def loss(self, model, batch, rng, flow_params):
+    flow_ = dataclasses.replace(self.frozen, params=flow_params)
+    batch = augment(batch, rng, self.config.augment.flip)
+    pred = model(batch["ref"], batch["frame"], batch["alpha"], train=True)
+    return losses.magnification_loss(flow_, batch["ref"], batch["frame"], pred, batch["alpha"],
+                                     self.config.loss, batch.get("magnified"))
+
+  def evaluate(self, model, batch, flow_params):
+    flow_ = dataclasses.replace(self.frozen, params=flow_params)
+    pred = model(batch["ref"], batch["frame"], batch["alpha"], train=False)
+    b = pred.shape[0]
+    f = flow_(jnp.concatenate([batch["ref"]] * 3),
+              jnp.concatenate([batch["frame"], pred, batch["magnified"]]))
+    # The motion the network is trained to produce, as F measures it: the calibration target.
+    exact = jnp.percentile(jnp.linalg.norm(f[2 * b:], axis=-1).reshape(b, -1),
+                           calibration.PERCENTILE, axis=1)
+    out = {"target_motion": jnp.median(exact),
+           "motion_error": metrics.motion_error(f[b:2 * b], f[:b], batch["alpha"]),
+           "mag_error": metrics.mag_error(f[b:2 * b], f[:b], batch["alpha"]),
+           "psnr": metrics.psnr(pred, batch["magnified"]),
+           "ssim": metrics.ssim(pred, batch["magnified"])}
+    return out, pred
+
+  def sample_images(self, batch, pred):
+    n = min(4, pred.shape[0])
+    row = np.concatenate([sharding.to_host(x)[:n] for x in (batch["ref"], batch["frame"], pred,
+                                                            batch["magnified"])], axis=2)
+    return {"samples/ref|frame|pred|exact": np.clip(row, 0, 1)}
+
+  def datasets(self, process_index, process_count):
+    from data_pipelines import loader  # pylint: disable=g-import-not-at-top
+    c, dc = self.config, data_config_for(self.config)
+    kw = dict(seed=c.seed, global_batch_size=c.batch_size, process_index=process_index,
+              process_count=process_count)
+    return (iter(loader.make_dataset(dc, split="train", **kw)), loader.make_eval_dataset(dc, **kw))
+
+  def finish(self, workdir, eval_metrics, step):
+    if eval_metrics:
+      calibration.save(workdir, eval_metrics["target_motion"], task=self.config.task, step=step,
+                       flow=self.config.flow.name)
+
+
+def get_task(config: ml_collections.ConfigDict, flow=None) -> Task:
+  """The Task of config.task; `flow` (MagPlus family) replaces the estimator built from config."""
+  if config.task == "fomm":
+    from magplus_jax import fomm_training  # pylint: disable=g-import-not-at-top
+    return fomm_training.FOMMTask(config)
+  return MagnifierTask(config, get_flow(config.flow) if flow is None else flow)
+
+
+def make_train_step(task: Task, graphdef, tx, config):
   nan_skip = config.nan_policy == "skip"
 
-  def train_step(state, batch, flow_params):
-    flow_ = dataclasses.replace(flow, params=flow_params)
+  def train_step(state, batch, frozen_params):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    batch = augment(batch, rng, config.augment.flip)
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params, state["model_state"])
-      pred = model(batch["ref"], batch["frame"], batch["alpha"], train=True)
-      loss, terms = losses.magnification_loss(flow_, batch["ref"], batch["frame"], pred,
-                                               batch["alpha"], config.loss, batch.get("magnified"))
-      return loss, (terms, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+      loss, terms = task.loss(model, batch, rng, frozen_params)
+      # Everything but the Params (BatchNorm running statistics, fixed buffers), as the call
+      # left it.
+      return loss, (terms, nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2]))
 
     (_, (terms, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -118,23 +212,10 @@ def make_train_step(graphdef, tx, flow, config):
   return train_step
 
 
-def make_eval_step(graphdef, flow):
-  def eval_step(state, batch, flow_params):
-    flow_ = dataclasses.replace(flow, params=flow_params)
+def make_eval_step(task: Task, graphdef):
+  def eval_step(state, batch, frozen_params):
     model = nnx.merge(graphdef, state["params"], state["model_state"])
-    pred = model(batch["ref"], batch["frame"], batch["alpha"], train=False)
-    b = pred.shape[0]
-    f = flow_(jnp.concatenate([batch["ref"]] * 3),
-              jnp.concatenate([batch["frame"], pred, batch["magnified"]]))
-    # The motion the network is trained to produce, as F measures it: the calibration target.
-    exact = jnp.percentile(jnp.linalg.norm(f[2 * b:], axis=-1).reshape(b, -1),
-                           calibration.PERCENTILE, axis=1)
-    out = {"target_motion": jnp.median(exact),
-           "motion_error": metrics.motion_error(f[b:2 * b], f[:b], batch["alpha"]),
-           "mag_error": metrics.mag_error(f[b:2 * b], f[:b], batch["alpha"]),
-           "psnr": metrics.psnr(pred, batch["magnified"]),
-           "ssim": metrics.ssim(pred, batch["magnified"])}
-    return out, pred
+    return task.evaluate(model, batch, frozen_params)
   return eval_step
 
 
@@ -146,25 +227,32 @@ def make_eval_step(graphdef, flow):
 @dataclasses.dataclass
 class Trainer:
   """Everything the loop, the AOT pod check and the tests need, built once for a config and mesh."""
+  task: Task
   graphdef: Any
-  flow: Any
   abstract_state: Any  # ShapeDtypeStructs carrying the state's NamedShardings
   state_shardings: Any
   batch_sharding: Any
   init: Callable  # () -> sharded state
-  train_step: Callable  # (state, batch, flow_params) -> (state, metrics); jitted, donates state
-  eval_step: Callable  # (state, batch, flow_params) -> (metrics, prediction); jitted
+  train_step: Callable  # (state, batch, frozen_params) -> (state, metrics); jitted, donates state
+  eval_step: Callable  # (state, batch, frozen_params) -> (metrics, prediction); jitted
+
+  @property
+  def frozen(self):
+    return self.task.frozen
+
+  @property
+  def flow(self):  # the MagPlus family's name for its frozen network
+    return self.task.frozen
 
 
 def build_trainer(config: ml_collections.ConfigDict, mesh, flow=None) -> Trainer:
-  """Model, optimizer, shardings and the jitted steps; nothing is computed yet."""
-  flow = get_flow(config.flow) if flow is None else flow
+  """Task, model, optimizer, shardings and the jitted steps; nothing is computed yet."""
+  task = get_task(config, flow)
   tx = make_optimizer(config.optimizer, config.total_steps)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: magnifier.create(config.model, config.seed)))
+  graphdef = nnx.graphdef(nnx.eval_shape(task.create_model))
 
   def init():
-    model = magnifier.create(config.model, config.seed)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
+    _, params, rest = nnx.split(task.create_model(), nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     return {"params": params, "model_state": nnx.to_pure_dict(rest), "opt_state": tx.init(params),
             "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(config.seed)}
@@ -173,24 +261,24 @@ def build_trainer(config: ml_collections.ConfigDict, mesh, flow=None) -> Trainer
   state_sh = sharding.tree_shardings(abstract, config.sharding_rules, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
-  flow_sh = jax.tree.map(lambda _: rep, flow.params)
+  frozen_sh = jax.tree.map(lambda _: rep, task.frozen.params)
   return Trainer(
-      graphdef=graphdef, flow=flow,
+      task=task, graphdef=graphdef,
       abstract_state=jax.tree.map(
           lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh),
       state_shardings=state_sh, batch_sharding=batch_sh,
       init=jax.jit(init, out_shardings=state_sh),
-      train_step=jax.jit(make_train_step(graphdef, tx, flow, config),
-                         in_shardings=(state_sh, batch_sh, flow_sh),
+      train_step=jax.jit(make_train_step(task, graphdef, tx, config),
+                         in_shardings=(state_sh, batch_sh, frozen_sh),
                          out_shardings=(state_sh, rep), donate_argnums=(0,)),
-      eval_step=jax.jit(make_eval_step(graphdef, flow), in_shardings=(state_sh, batch_sh, flow_sh)))
+      eval_step=jax.jit(make_eval_step(task, graphdef),
+                        in_shardings=(state_sh, batch_sh, frozen_sh)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains config.task's network; returns the final eval metrics."""
   # ---------------------------------------------------------------- setup
   config_lib.validate(config)
-  from data_pipelines import loader  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed()
   pidx, pcount = jax.process_index(), jax.process_count()
   os.makedirs(workdir, exist_ok=True)
@@ -203,21 +291,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, pcount)
 
-  # ---------------------------------------------------------------- data
-  dc = data_config_for(config)
-  train_iter = iter(loader.make_dataset(dc, split="train", seed=config.seed,
-                                        global_batch_size=config.batch_size,
-                                        process_index=pidx, process_count=pcount))
-  eval_batches = [sharding.global_batch(b, mesh) for b in loader.make_eval_dataset(
-      dc, seed=config.seed, global_batch_size=config.batch_size, process_index=pidx,
-      process_count=pcount)]
-
-  # ---------------------------------------------------------------- model, optimizer, sharded init
+  # ---------------------------------------------------------------- task, model, sharded init
   trainer = build_trainer(config, mesh)
-  flow_params = trainer.flow.params
+  task, frozen_params = trainer.task, trainer.frozen.params
   state = trainer.init()
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state["params"]))
-  logging.info("magnifier: %d parameters", n_params)
+  logging.info("%s: %d parameters", task.name, n_params)
+
+  # ---------------------------------------------------------------- data
+  train_iter, eval_data = task.datasets(pidx, pcount)
+  eval_batches = [sharding.global_batch(b, mesh) for b in eval_data]
 
   # ---------------------------------------------------------------- restore
   ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
@@ -251,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = next(train_iter)
         state, terms = trainer.train_step(state, sharding.global_batch(batch, mesh),
-                                           flow_params)
+                                           frozen_params)
       if pending is not None:  # check the previous step's flag: keeps dispatch asynchronous
         _check_finite(*pending, config, ckpt)
       pending = (step, terms, batch)
@@ -266,8 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         history = []
       if config.eval_every and (step % config.eval_every == 0 or step == last):
-        eval_metrics = _evaluate(trainer.eval_step, state, flow_params, eval_batches, writer,
-                                 step)
+        eval_metrics = _evaluate(trainer, state, frozen_params, eval_batches, writer, step)
       if step % config.checkpoint.every == 0 or step == last or stop["sigterm"]:
         _check_finite(*pending, config, ckpt)
         ckpt.save(step, state, train_iter, force=True)
@@ -279,9 +361,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     writer.flush()
     signal.signal(signal.SIGTERM, old_handler)
-  if eval_metrics and pidx == 0:
-    calibration.save(workdir, eval_metrics["target_motion"], task=config.task, step=step,
-                     flow=config.flow.name)
+  if pidx == 0:
+    task.finish(workdir, eval_metrics, step)
   if eval_metrics:
     logging.info("final step %d: %s", step,
                  ", ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
@@ -297,18 +378,14 @@ def _check_finite(step, terms, batch, config, ckpt):
         f"(step {ckpt.latest_step()}) kept. Offending batch: {batch_summary(batch)}")
 
 
-def _evaluate(eval_step, state, flow_params, eval_batches, writer, step) -> dict:
-  sums, preds = {}, None
+def _evaluate(trainer, state, frozen_params, eval_batches, writer, step) -> dict:
+  sums, first = {}, None
   for batch in eval_batches:
-    out, pred = eval_step(state, batch, flow_params)
+    out, pred = trainer.eval_step(state, batch, frozen_params)
     for k, v in jax.device_get(out).items():
       sums[k] = sums.get(k, 0.0) + float(v) / len(eval_batches)
-    if preds is None:
-      preds = (batch, pred)
+    if first is None:
+      first = (batch, pred)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in sums.items()})
-  batch, pred = preds
-  n = min(4, pred.shape[0])
-  row = np.concatenate([sharding.to_host(x)[:n] for x in (batch["ref"], batch["frame"], pred,
-                                                          batch["magnified"])], axis=2)
-  writer.write_images(step, {"samples/ref|frame|pred|exact": np.clip(row, 0, 1)})
+  writer.write_images(step, trainer.task.sample_images(*first))
   return sums

@@ -31,6 +31,37 @@ def tiny_config(**overrides):
   c.eval_every = 0
   c.checkpoint.every = 2
   c.checkpoint.async_save = False
+  return _override(c, overrides)
+
+
+def tiny_fomm_config(**overrides):
+  """The smallest real FOMM training config (config.task="fomm"): 32x32 procedural pairs,
+  4 keypoints, widths 8 -> 32, one bottleneck block; the loss terms and transform as configured
+  by configs/fomm_small.py (the official weights)."""
+  from magplus_jax import config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.task = "fomm"
+  c.fomm = config_lib.fomm_config()
+  mp = c.fomm.model_params
+  mp.common_params.num_kp = 4
+  mp.kp_detector_params.update(dict(block_expansion=8, max_features=32, num_blocks=3))
+  mp.generator_params.update(dict(block_expansion=8, max_features=32, num_bottleneck_blocks=1))
+  mp.generator_params.dense_motion_params.update(dict(block_expansion=8, max_features=32,
+                                                      num_blocks=3))
+  c.fomm.data.mixture = "procedural:1"
+  c.data.image_size = 32
+  c.data.num_eval_examples = 8
+  c.total_steps = 2
+  c.batch_size = 8  # the 8 fake devices split the batch
+  c.optimizer.schedule = "constant"
+  c.log_every = 1
+  c.eval_every = 2
+  c.checkpoint.every = 1
+  c.checkpoint.async_save = False
+  return _override(c, overrides)
+
+
+def _override(c, overrides):
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")

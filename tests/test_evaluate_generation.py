@@ -83,6 +83,17 @@ def test_outputs_and_sane_values(evaluation):
     assert r["src_ssim"] > 0.8 > drv["src_ssim"], (r, drv)
 
 
+def test_side_by_side_video_per_method(evaluation):
+  """config.evaluate_generation.videos=1: clip 0 of each method as generate's panel."""
+  from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
+  result, workdir = evaluation
+  info = result["clips"][0]["clip"]
+  assert sorted(info["videos"]) == ["evaluate_generation_clip0_backbone.mp4",
+                                    "evaluate_generation_clip0_magplus.mp4"]
+  frames, _ = video_io.read_video(os.path.join(workdir, info["videos"][0]))
+  assert frames.shape == (FRAMES, SIZE, 5 * SIZE, 3)
+
+
 def test_face_metrics_present_or_skipped_with_reason(evaluation):
   result, _ = evaluation
   face, why = face_metrics.load()

@@ -78,6 +78,7 @@ REFERENCE_ROWS = ("driver", "static")
 TABLE_KEYS = ("ratio_p95", "ratio_mean", "corr", "lm_ratio", "lm_gain", "lm_err_px", "psnr",
               "ssim", "src_ssim", "id_dist", "lm68_ratio", "lm68_corr")
 INVERSE_ITERS = 8
+CLIP_FPS = 25.0  # micro_clips.make_clip's default frame rate (the clips here do not set one)
 
 
 def _linear(params, frames, alpha):
@@ -209,10 +210,10 @@ def _face_scores(face, frames, source, drv_lm68_curve) -> dict:
 
 
 def evaluate_clip(clip, source: np.ndarray, methods: dict, alpha: float, backbone, flow,
-                  chunk: int, face=None, driver_motion=None) -> dict:
+                  chunk: int, face=None, driver_motion=None, on_output=None) -> dict:
   """Scores every method on one clip. methods: name -> (magnifier, attenuator) (Magnifiers);
   face: a face_metrics.DlibFace or None; driver_motion: `_motion(flow, clip.frames)` if the caller
-  already has it.
+  already has it; on_output(name, clips): called with each method's run_pipeline clips.
 
   Returns {"rows": {name: scores}, "clip": {...}} with the reference rows "driver" and "static".
   """
@@ -234,6 +235,8 @@ def evaluate_clip(clip, source: np.ndarray, methods: dict, alpha: float, backbon
   rest = None
   for name, (mag, demag) in methods.items():
     clips = generate.run_pipeline(source, driver, alpha, mag, backbone, demag, chunk)
+    if on_output is not None:
+      on_output(name, clips)
     out = clips["output"]
     if rest is None:
       rest = out[0]
@@ -384,9 +387,14 @@ def evaluate_generation(config, workdir: str, methods_for=None) -> dict:
     clip, source, source_desc = make_case(ev, size, config.seed, i)
     motion = _motion(flow, clip.frames)
     alpha, why = _choose_alpha(config, float(motion[2].max()), target or 0.0)
+    videos = {}  # method -> its clips, for the first ev.videos clips
+    keep = videos.__setitem__ if i < int(ev.get("videos", 0)) else None
     res = evaluate_clip(clip, source, methods_for(alpha), alpha, backbone, flow,
-                        config.generate.chunk, face, driver_motion=motion)
+                        config.generate.chunk, face, driver_motion=motion, on_output=keep)
     res["clip"].update(index=i, source=source_desc, alpha_reason=why)
+    if videos:
+      res["clip"].update(videos=write_videos(workdir, f"{ev.out}_clip{i}", source, videos),
+                         video_panel=generate.PANEL)
     per_clip.append(res)
     logging.info("clip %d (%s, %.3f px, alpha %.2f): %s", i, "+".join(clip.au), clip.amplitude,
                  alpha, {m: {k: round(v, 3) for k, v in r.items()
@@ -400,6 +408,18 @@ def evaluate_generation(config, workdir: str, methods_for=None) -> dict:
   write_results(workdir, ev.out, result)
   print(format_table(summary))
   return result
+
+
+def write_videos(workdir: str, stem: str, source: np.ndarray, outputs: dict) -> list[str]:
+  """<workdir>/<stem>_<method>.mp4 for each method's run_pipeline clips (generate.PANEL layout, at
+  the procedural clips' 25 fps); returns the file names."""
+  from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
+  names = []
+  for name, clips in outputs.items():
+    names.append(f"{stem}_{name}.mp4")
+    video_io.write_video(os.path.join(workdir, names[-1]), generate.side_by_side(source, clips),
+                         CLIP_FPS)
+  return names
 
 
 def write_results(workdir: str, out: str, result: dict) -> dict[str, str]:

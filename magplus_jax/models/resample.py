@@ -62,9 +62,15 @@ def sample_pixels(image: Array, x: Array, y: Array) -> Array:
   return out
 
 
-def reflect_coordinates(coord: Array, size: int) -> Array:
-  """torch grid_sample's reflection padding (align_corners=False) on pixel coordinates: the
-  image is mirrored about its outer edges (-0.5 and size - 0.5), so every coordinate lands inside."""
+def reflect_coordinates(coord: Array, size: int, align_corners: bool = False) -> Array:
+  """torch grid_sample's reflection padding on pixel coordinates, so every coordinate lands inside.
+
+  align_corners=False mirrors the image about its outer edges (-0.5 and size - 0.5); True about the
+  centres of its border pixels (0 and size - 1), as torch does for each setting."""
+  if align_corners:
+    span = max(size - 1, 1)
+    c = jnp.mod(jnp.abs(coord), 2 * span)
+    return jnp.clip(jnp.where(c > span, 2 * span - c, c), 0.0, size - 1.0)
   c = jnp.abs(coord + 0.5)
   flips = jnp.floor(c / size)
   extra = jnp.mod(c, size)
@@ -82,9 +88,7 @@ def grid_sample(image: Array, grid: Array, align_corners: bool = False,
   x = _unnormalize(grid[..., 0], w, align_corners)
   y = _unnormalize(grid[..., 1], h, align_corners)
   if padding == "reflection":
-    if align_corners:
-      raise ValueError("grid_sample: reflection padding is implemented for align_corners=False")
-    x, y = reflect_coordinates(x, w), reflect_coordinates(y, h)
+    x, y = reflect_coordinates(x, w, align_corners), reflect_coordinates(y, h, align_corners)
   elif padding != "zeros":
     raise ValueError(f"grid_sample: padding {padding!r}; choose 'zeros' or 'reflection'")
   return sample_pixels(image, x, y)

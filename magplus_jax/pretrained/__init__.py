@@ -8,6 +8,10 @@ motion target generate's alpha calibration aims at). README.md here has the comm
 the metrics. `generate`, `evaluate`, `protocol` and `magnify` use them whenever no checkpoint is
 given; nothing is downloaded.
 
+  magplus_jax/pretrained/fomm_small/  a FOMM backbone trained here (configs/fomm_small.py, 64 px),
+in the converted-checkpoint layout (checkpointing.save_pretrained, model "fomm"):
+`--config.backbone.name=fomm_small` animates with it.
+
 The network's architecture is read from the shipped config.json, not from the user's config: a
 run that changes config.model and gives no checkpoint of its own is told so (`check_model`).
 """
@@ -26,6 +30,22 @@ def path(task: str) -> str:
   if task not in TASKS:
     raise ValueError(f"shipped magnifier {task!r} is unknown; choose one of {TASKS}")
   return os.path.join(DIR, task)
+
+
+# Backbones trained here and shipped: name -> directory (checkpointing.save_pretrained, model
+# "fomm"), used by config.backbone.name=<name> when no checkpoint is given.
+BACKBONES = ("fomm_small",)
+
+
+def backbone_path(name: str) -> str:
+  if name not in BACKBONES:
+    raise ValueError(f"shipped backbone {name!r} is unknown; choose one of {BACKBONES}")
+  p = os.path.join(DIR, name)
+  if not os.path.isdir(p):
+    raise FileNotFoundError(f"the shipped {name} backbone is missing from {p} (a broken "
+                            "install?); give config.backbone.checkpoint, or train one with "
+                            f"configs/{name}.py")
+  return p
 
 
 def training_config(task: str) -> dict:

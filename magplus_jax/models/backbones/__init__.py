@@ -26,6 +26,8 @@ AnimateFn = Callable[[Any, Array, Array, Array], Array]
 _BACKBONES = {
     "warp": "magplus_jax.models.backbones.warp",
     "fomm": "magplus_jax.models.backbones.fomm",
+    # the small FOMM trained here (configs/fomm_small.py), shipped in magplus_jax/pretrained
+    "fomm_small": "magplus_jax.models.backbones.fomm",
     "fsrt": "magplus_jax.models.backbones.fsrt",
     "metaportrait": "magplus_jax.models.backbones.metaportrait",
     "emoportraits": "magplus_jax.models.backbones.emoportraits",

@@ -2,8 +2,10 @@
 
 A Flax port of the official AliaksandrSiarohin/first-order-model (KPDetector in keypoints.py,
 DenseMotionNetwork and OcclusionAwareGenerator here), configured by the official `model_params`
-dict (`config/vox-256.yaml`: `common_params`, `kp_detector_params`, `generator_params`), eval mode
-only. Weights come from `vox-cpk.pth.tar` through `python -m magplus_jax.ports.fomm`.
+dict (`config/vox-256.yaml`: `common_params`, `kp_detector_params`, `generator_params`). The
+backbone runs in eval mode (BatchNorm on running statistics); magplus_jax/fomm_training.py trains
+the same modules (nnx `model.train()`). Weights come from `vox-cpk.pth.tar` through
+`python -m magplus_jax.ports.fomm`, or from a FOMM training run (`fomm_training.export`).
 
 align_corners (the `backbone_config.align_corners` field, default False):
   FOMM builds its sampling grids with corner-aligned coordinates (x = 2*i/(w-1) - 1) and never
@@ -32,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 from magplus_jax.checkpointing import load_pretrained
@@ -390,18 +393,33 @@ def make_animate_fn(model: FOMM, *, relative: bool = True, adapt_movement_scale:
 
 
 def build(backbone_config, flow=None) -> Backbone:
-  """Backbone from `config.backbone` (name="fomm"): checkpoint (converted directory, required),
-  image_size (256), align_corners (False, see the module docstring), relative (True),
-  adapt_movement_scale (True, as the official README's `--relative --adapt_scale`)."""
+  """Backbone from `config.backbone` (name="fomm"): checkpoint (converted directory, required;
+  or one exported by magplus_jax/fomm_training.py), image_size (256), align_corners (False, see
+  the module docstring), relative (True),
+  adapt_movement_scale (True, as the official README's `--relative --adapt_scale`).
+
+  name="fomm_small": the FOMM trained here by configs/fomm_small.py and shipped in the package
+  (magplus_jax/pretrained/fomm_small) unless a checkpoint is given. image_size 0 (or absent):
+  the size the checkpoint was trained at (its meta), else 256."""
   del flow  # FOMM drives from images directly
+  name = backbone_config.get("name", "fomm")
   ckpt = backbone_config.get("checkpoint", "")
+  if not ckpt and name == "fomm_small":
+    from magplus_jax import pretrained  # pylint: disable=g-import-not-at-top
+    ckpt = pretrained.backbone_path(name)
   if not ckpt:
     raise ValueError("config.backbone.checkpoint is empty: FOMM needs converted weights; run "
                      "`python -m magplus_jax.ports.fomm vox-cpk.pth.tar OUT_DIR` and set it to "
-                     "OUT_DIR")
-  model, config = load(ckpt, align_corners=bool(backbone_config.get("align_corners", False)))
+                     "OUT_DIR (or use the FOMM trained here: config.backbone.name=fomm_small)")
+  align_corners = bool(backbone_config.get("align_corners", False))
+  model, config = load(ckpt, align_corners=align_corners)
+  if "align_corners" in config and bool(config["align_corners"]) != align_corners:
+    # Checkpoints trained here (magplus_jax/fomm_training.py) record the convention they learnt.
+    logging.warning("FOMM checkpoint %s was trained with align_corners=%s; running it with "
+                    "config.backbone.align_corners=%s shifts its warps by half a pixel", ckpt,
+                    config["align_corners"], align_corners)
   animate, params = make_animate_fn(
       model, relative=bool(backbone_config.get("relative", True)),
       adapt_movement_scale=bool(backbone_config.get("adapt_movement_scale", True)))
-  image_size = int(backbone_config.get("image_size", config.get("image_size", 256)))
-  return Backbone(name="fomm", params=params, animate=animate, image_size=image_size)
+  size = backbone_config.get("image_size", 0) or config.get("image_size", 256)
+  return Backbone(name=name, params=params, animate=animate, image_size=int(size))

@@ -12,7 +12,8 @@ down_blocks.0.conv`, `kp`, `jacobian`, `down`) so the converters map names mecha
 Numerics that a port has to reproduce (and this one does):
   * the anti-aliased downscale pads with zeros, applies a depthwise Gaussian and keeps every
     1/scale-th pixel starting at 0 (a strided convolution computes exactly those outputs);
-  * BatchNorm runs on its running statistics (eval mode, eps 1e-5);
+  * BatchNorm runs on its running statistics (eval mode, eps 1e-5; nnx's `module.train()` switches
+    it to batch statistics for training, magplus_jax/fomm_training.py);
   * the hourglass pools with a 2x2 average and upsamples by nearest-neighbour repetition;
   * keypoints are heatmap-weighted means of a corner-aligned grid (`make_coordinate_grid`), the
     heatmap being a softmax over pixels of logits / temperature.
@@ -80,7 +81,8 @@ def upsample_nearest2x(x: Array) -> Array:
 
 
 def batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  # Eval-mode only: the ports are frozen, so BatchNorm always reads the converted running stats.
+  # Eval mode by default (frozen backbones read the converted running statistics); training
+  # (fomm_training.py) calls nnx's `model.train()`, which sets use_running_average=False here.
   return nnx.BatchNorm(features, use_running_average=True, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
