@@ -204,6 +204,20 @@ def latest_training_step(directory: str) -> int | None:
   return step
 
 
+def restore_latest_training_state(workdir: str) -> tuple[int, Any]:
+  """(step, state) of the newest training checkpoint of `workdir` (or of its checkpoints dir), as
+  saved: host numpy arrays in the saved tree, whatever mesh wrote it. The one reader the exporters
+  and tests use, so they agree on which checkpoint is "the newest"."""
+  workdir = os.path.abspath(workdir)
+  sub = os.path.join(workdir, "checkpoints")
+  directory = sub if os.path.isdir(sub) else workdir
+  step = latest_training_step(directory) if os.path.isdir(directory) else None
+  if step is None:
+    raise CheckpointMismatchError(f"{workdir!r} holds no training checkpoint")
+  with ocp.StandardCheckpointer() as ckptr:
+    return step, ckptr.restore(os.path.join(directory, str(step), "state"))
+
+
 def load_magnifier_variables(ckpt_dir: str, abstract_variables: Any) -> Any:
   """(params, rest) of a MagPlus/DeMagPlus network from a training workdir or its checkpoints dir.
 
@@ -272,12 +286,7 @@ def export_magnifier(workdir: str, out_dir: str, *, overwrite: bool = False,
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir!r} exists; pass overwrite=True to replace it")
-  src = os.path.join(os.path.abspath(workdir), "checkpoints")
-  step = latest_training_step(src)
-  if step is None:
-    raise CheckpointMismatchError(f"{workdir!r} holds no training checkpoint to export")
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(os.path.join(src, str(step), "state"))
+  step, state = restore_latest_training_state(workdir)
   weights = {"params": state["params"], "model_state": state["model_state"],
              "step": np.asarray(step, np.int32)}
   with _staged_dir(out_dir, overwrite) as tmp:

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from magplus_jax import checkpointing, fomm_losses, sharding
@@ -218,12 +217,7 @@ def export(workdir: str, out_dir: str, *, overwrite: bool = False) -> int:
   if run.get("task") != "fomm":
     raise checkpointing.CheckpointMismatchError(
         f"{workdir!r} is a config.task={run.get('task')!r} run, not a FOMM one")
-  ckdir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  step = checkpointing.latest_training_step(ckdir) if os.path.isdir(ckdir) else None
-  if step is None:
-    raise checkpointing.CheckpointMismatchError(f"{workdir!r} holds no training checkpoint")
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(os.path.join(ckdir, str(step), "state"))
+  step, state = checkpointing.restore_latest_training_state(workdir)
   weights = _merge(state["params"], state["model_state"])
   meta = dict(fomm.model_config(run["fomm"]["model_params"]),
               image_size=int(run["data"]["image_size"]),

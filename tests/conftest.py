@@ -18,19 +18,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 def tiny_config(**overrides):
   """The smallest real training config: 32x32 pairs, 2-level width-8 U-Net, a light pyramid_lk."""
   from magplus_jax import config_lib  # pylint: disable=g-import-not-at-top
-  c = config_lib.base_config()
-  c.total_steps = 4
-  c.batch_size = 8
-  c.data.image_size = 32
-  c.data.num_eval_examples = 8
+  c = _tiny_run(config_lib.base_config(), steps=4, log_every=2, eval_every=0, checkpoint_every=2)
   c.model.levels = 2
   c.model.width = 8
   c.flow.update(dict(levels=2, iters=1, iters_finest=2))
-  c.optimizer.schedule = "constant"
-  c.log_every = 2
-  c.eval_every = 0
-  c.checkpoint.every = 2
-  c.checkpoint.async_save = False
   return _override(c, overrides)
 
 
@@ -49,16 +40,22 @@ def tiny_fomm_config(**overrides):
   mp.generator_params.dense_motion_params.update(dict(block_expansion=8, max_features=32,
                                                       num_blocks=3))
   c.fomm.data.mixture = "procedural:1"
+  return _override(_tiny_run(c, steps=2, log_every=1, eval_every=2, checkpoint_every=1), overrides)
+
+
+def _tiny_run(c, *, steps, log_every, eval_every, checkpoint_every):
+  """What every tiny run shares: 32x32 data, a batch the 8 fake devices split, 8 eval examples,
+  a constant learning rate and synchronous checkpoints (a test reads them right after)."""
+  c.total_steps = steps
+  c.batch_size = 8
   c.data.image_size = 32
   c.data.num_eval_examples = 8
-  c.total_steps = 2
-  c.batch_size = 8  # the 8 fake devices split the batch
   c.optimizer.schedule = "constant"
-  c.log_every = 1
-  c.eval_every = 2
-  c.checkpoint.every = 1
+  c.log_every = log_every
+  c.eval_every = eval_every
+  c.checkpoint.every = checkpoint_every
   c.checkpoint.async_save = False
-  return _override(c, overrides)
+  return c
 
 
 def _override(c, overrides):

@@ -8,25 +8,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
 from conftest import tiny_fomm_config
 from data_pipelines import fomm_pairs, video_io
-from magplus_jax import config_lib, fomm_losses, fomm_training, train
+from magplus_jax import checkpointing, config_lib, fomm_losses, fomm_training, train
 from magplus_jax.models import resample
 from magplus_jax.models.backbones import fomm, get_backbone
 
 HAVE_PYFEAT = importlib.util.find_spec("feat") is not None
 
 
-def _final_state(workdir):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = mngr.latest_step()
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  mngr.close()
-  return step, state
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def fomm_run(tmp_path_factory):
 
 def test_smoke_trains_checkpoints_and_exports(fomm_run):
   workdir, metrics = fomm_run
-  step, state = _final_state(workdir)
+  step, state = checkpointing.restore_latest_training_state(workdir)
   assert step == 2 and int(state["step"]) == 2
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
   for k in ("loss", "reconstruction", "equivariance_value", "equivariance_jacobian", "l1",
@@ -56,10 +49,10 @@ def test_resume_is_bit_identical(fomm_run, tmp_path):
   full_dir, _ = fomm_run
   workdir = str(tmp_path / "split")
   train.train_and_evaluate(tiny_fomm_config(stop_after_steps=1), workdir)
-  assert _final_state(workdir)[0] == 1
+  assert checkpointing.restore_latest_training_state(workdir)[0] == 1
   train.train_and_evaluate(tiny_fomm_config(), workdir)
-  _, a = _final_state(full_dir)
-  _, b = _final_state(workdir)
+  _, a = checkpointing.restore_latest_training_state(full_dir)
+  _, b = checkpointing.restore_latest_training_state(workdir)
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -183,7 +176,7 @@ def test_trained_weights_animate_through_the_backbone(fomm_run):
   np.testing.assert_allclose(out[:, 0], recon, atol=1e-4)
   np.testing.assert_allclose(out[:, 2], recon, atol=1e-4)
   # The exported weights are the final checkpoint's.
-  _, state = _final_state(workdir)
+  _, state = checkpointing.restore_latest_training_state(workdir)
   np.testing.assert_array_equal(np.asarray(model.generator.final.kernel[...]),
                                 state["params"]["generator"]["final"]["kernel"])
 

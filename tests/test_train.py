@@ -4,19 +4,12 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import tiny_config
 from magplus_jax import checkpointing, train
 
 
-def _final_params(workdir):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = mngr.latest_step()
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  mngr.close()
-  return step, state
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +21,7 @@ def full_run(tmp_path_factory):
 
 def test_smoke_writes_checkpoints_summaries_and_config(full_run):
   workdir, metrics = full_run
-  step, state = _final_params(workdir)
+  step, state = checkpointing.restore_latest_training_state(workdir)
   assert step == 4 and int(state["step"]) == 4
   assert os.path.isfile(os.path.join(workdir, "config.json"))
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
@@ -43,10 +36,10 @@ def test_resume_is_bit_identical(full_run, tmp_path):
   full_dir, _ = full_run
   workdir = str(tmp_path / "split")
   train.train_and_evaluate(tiny_config(eval_every=4, stop_after_steps=2), workdir)
-  assert _final_params(workdir)[0] == 2
+  assert checkpointing.restore_latest_training_state(workdir)[0] == 2
   train.train_and_evaluate(tiny_config(eval_every=4), workdir)
-  _, a = _final_params(full_dir)
-  _, b = _final_params(workdir)
+  _, a = checkpointing.restore_latest_training_state(full_dir)
+  _, b = checkpointing.restore_latest_training_state(workdir)
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -58,7 +51,7 @@ def test_resume_on_another_mesh(full_run, tmp_path):
   cfg = tiny_config(stop_after_steps=3, mesh=(("data", 2), ("fsdp", 4), ("model", 1)),
                     sharding_rules=((".*kernel", "fsdp"), (".*", "replicate")))
   train.train_and_evaluate(cfg, workdir)
-  assert _final_params(workdir)[0] == 3
+  assert checkpointing.restore_latest_training_state(workdir)[0] == 3
 
 
 def test_nan_stop_keeps_last_good_checkpoint(tmp_path):
@@ -68,7 +61,7 @@ def test_nan_stop_keeps_last_good_checkpoint(tmp_path):
   cfg.optimizer.learning_rate = float("nan")
   with pytest.raises(FloatingPointError, match="non-finite .* step 3.*step 2"):
     train.train_and_evaluate(cfg, workdir)
-  step, state = _final_params(workdir)
+  step, state = checkpointing.restore_latest_training_state(workdir)
   assert step == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
