@@ -1,18 +1,20 @@
 """Train-step throughput and memory: the real MagPlus step, and a U-Net-only step vs PyTorch.
 
-  python bench/bench_train.py [--sizes 64,256] [--batch 8] [--steps 10] [--torch]
+  python bench/bench_train.py [--size 64,128,256] [--batch 8] [--steps 10] [--no-torch]
       [--out bench/results/train.json]
 
 For each size: the full train step of configs/default.py at that resolution (magnifier + two
 passes of the flow network + losses + Adam), examples/s after compilation, FLOPs per example from
 XLA's cost analysis, peak memory (device stats where the backend has them, else the process's max
 RSS, measured in a fresh subprocess per case), and on a GPU the fraction of the device's peak.
-With --torch (the `torch` extra): the same U-Net (widths, norm, depth) with an L1 pixel loss and
-Adam, in JAX and in PyTorch on the same machine, side by side in one run, and their ratio.
+Unless --no-torch, where the `torch` extra is installed: the same U-Net (widths, norm, depth) with
+an L1 pixel loss and Adam, in JAX and in PyTorch on the same machine, side by side in one run, and
+their ratio; the last lines are `unet_<size> jax/torch: <ratio>`, one per size, for scripts.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -93,6 +95,9 @@ def bench_unet_jax(size: int, batch: int, steps: int) -> dict:
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from magplus_jax.models import magnifier  # pylint: disable=g-import-not-at-top
   config = _config(size, batch)
+  # The plain U-Net, as the PyTorch side builds it: [ref, frame, enc(alpha)] (38 channels) -> RGB,
+  # without the lagrangian output's motion estimate and resampling.
+  config.model.output = "residual"
   graphdef, params, rest = nnx.split(magnifier.create(config.model), nnx.Param, ...)
   tx = optax.adam(3e-4)
   opt = tx.init(params)
@@ -194,10 +199,11 @@ CASES = {"full": bench_full_step, "unet_jax": bench_unet_jax, "unet_torch": benc
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--sizes", default="64,256")
+  p.add_argument("--sizes", "--size", default="64,256", help="comma-separated image sizes")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--torch", action="store_true", help="also run the U-Net-only JAX vs PyTorch pair")
+  p.add_argument("--no-torch", action="store_true",
+                 help="skip the U-Net-only JAX vs PyTorch pair (run when torch is installed)")
   p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train.json"),
                  help="JSON results ('' = none)")
   p.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -210,7 +216,8 @@ def main():
         f"{args.steps} timed steps")
   rows = []
   for size in (int(s) for s in args.sizes.split(",")):
-    names = ["full"] + (["unet_jax", "unet_torch"] if args.torch else [])
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    names = ["full"] + (["unet_jax", "unet_torch"] if with_torch else [])
     for name in names:
       r, err = _runner.run_child(__file__, ["--batch", str(args.batch), "--steps", str(args.steps)],
                                  child_flag=["--child", f"{name}:{size}"])
@@ -233,6 +240,10 @@ def main():
     else:
       print(f"{r['case']:<20} jax/torch examples/s = {r['jax_over_torch_examples_per_s']:.2f} "
             f"(FLOP count ratio {r['jax_over_torch_flops']:.2f})")
+  for r in rows:  # one machine-readable line per size, last
+    if r["case"].startswith("ratio_unet_"):
+      print(f"unet_{r['case'][len('ratio_unet_'):]} jax/torch: "
+            f"{r['jax_over_torch_examples_per_s']:.2f}")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

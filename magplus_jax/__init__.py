@@ -16,3 +16,12 @@ import os as _os
 if _os.environ.get("MAGPLUS_TF_LOGS") != "1":
   _os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
   _os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+
+# XLA:CPU sends convolutions to YNNPACK library fusions by default; their kernel (weight) gradients
+# run at ~14 GFLOP/s against ~53 on XLA's own Eigen path (4x256x256, 64->32 3x3 conv on 2 AVX2
+# cores: 706 vs 182 ms), which made the 256 px U-Net train step 7.50 s instead of 3.39 s
+# (bench/README.md). An empty fusion-type list turns them off. It must be in XLA_FLAGS before jax
+# starts its backend, hence here; a user's own setting of the option is kept. GPU/TPU ignore it.
+_YNN = "--xla_cpu_experimental_ynn_fusion_type"
+if _YNN not in _os.environ.get("XLA_FLAGS", ""):
+  _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + f" {_YNN}=").strip()
