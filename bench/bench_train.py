@@ -214,10 +214,11 @@ def main():
     return
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, batch {args.batch}, "
         f"{args.steps} timed steps")
+  sizes = [int(s) for s in args.sizes.split(",")]
+  with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+  names = ["full"] + (["unet_jax", "unet_torch"] if with_torch else [])
   rows = []
-  for size in (int(s) for s in args.sizes.split(",")):
-    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
-    names = ["full"] + (["unet_jax", "unet_torch"] if with_torch else [])
+  for size in sizes:
     for name in names:
       r, err = _runner.run_child(__file__, ["--batch", str(args.batch), "--steps", str(args.steps)],
                                  child_flag=["--child", f"{name}:{size}"])
@@ -226,10 +227,10 @@ def main():
         continue
       rows.append(r)
   by_case = {r["case"]: r for r in rows}
-  for size in (int(s) for s in args.sizes.split(",")):
+  for size in sizes:
     j, t = by_case.get(f"unet_jax_{size}"), by_case.get(f"unet_torch_{size}")
     if j and t:
-      rows.append({"case": f"ratio_unet_{size}", "jax_over_torch_examples_per_s":
+      rows.append({"case": f"ratio_unet_{size}", "size": size, "jax_over_torch_examples_per_s":
                    j["examples_per_s"] / t["examples_per_s"],
                    "jax_over_torch_flops": j["flops_per_example"] / max(t["flops_per_example"], 1)})
   print(f"{'case':<20} {'ex/s':>9} {'step ms':>9} {'GFLOP/ex':>9} {'peak MiB':>9}")
@@ -242,8 +243,7 @@ def main():
             f"(FLOP count ratio {r['jax_over_torch_flops']:.2f})")
   for r in rows:  # one machine-readable line per size, last
     if r["case"].startswith("ratio_unet_"):
-      print(f"unet_{r['case'][len('ratio_unet_'):]} jax/torch: "
-            f"{r['jax_over_torch_examples_per_s']:.2f}")
+      print(f"unet_{r['size']} jax/torch: {r['jax_over_torch_examples_per_s']:.2f}")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
