@@ -51,7 +51,7 @@ def base_config() -> ConfigDict:
   c.flow = ConfigDict(dict(name="pyramid_lk", checkpoint="", iters=3, iters_finest=5, levels=4))
   # FlowMag used w_color 10 (with RAFT); with pyramid_lk, 10 trades measured motion for appearance
   # (session-2 runs: ratio 1.74 instead of 2 at alpha 2); 1 keeps the motion.
-  c.loss = ConfigDict(dict(w_mag=1.0, w_color=1.0, w_pixel=0.0))
+  c.loss = ConfigDict(dict(w_mag=1.0, w_color=1.0, w_pixel=0.0, w_parts=0.0))
   # FlowMag used 3e-4 for long runs; the 300-step CPU default learns faster at 1e-3.
   c.optimizer = ConfigDict(dict(name="adam", learning_rate=1e-3, schedule="cosine",
                                 warmup_steps=20, end_lr_fraction=0.1, b1=0.9, b2=0.999,
@@ -152,6 +152,10 @@ def validate(config) -> None:
   for field, (value, allowed) in choices.items():
     if value not in allowed:
       raise ValueError(f"{field}={value!r}: choose one of {allowed}")
+  output = config.model.get("output", magnifier.OUTPUTS[0])
+  if config.get("loss", {}).get("w_parts", 0.0) and output != "lagrangian":
+    raise ValueError(f"config.loss.w_parts={config.loss.w_parts} scores the parts of the "
+                     f"lagrangian output; config.model.output is {output!r}")
   if "evaluate" in config:
     for alpha in config.evaluate.alphas:
       if not (math.isfinite(alpha) and alpha > 0):

@@ -31,7 +31,7 @@ from flax import nnx
 
 from magplus_jax import calibration, checkpointing, config_lib, losses, sharding
 from magplus_jax.evaluation import metrics
-from magplus_jax.models import magnifier
+from magplus_jax.models import lagrangian, magnifier
 from magplus_jax.models.flow import get_flow
 
 # ================================================================================================
@@ -134,9 +134,20 @@ class MagnifierTask:
   def loss(self, model, batch, rng, flow_params):
     flow_ = dataclasses.replace(self.frozen, params=flow_params)
     batch = augment(batch, rng, self.config.augment.flip)
-    pred = model(batch["ref"], batch["frame"], batch["alpha"], train=True)
-    return losses.magnification_loss(flow_, batch["ref"], batch["frame"], pred, batch["alpha"],
-                                     self.config.loss, batch.get("magnified"))
+    w_parts = self.config.loss.get("w_parts", 0.0)
+    if not w_parts:
+      pred = model(batch["ref"], batch["frame"], batch["alpha"], train=True)
+      return losses.magnification_loss(flow_, batch["ref"], batch["frame"], pred, batch["alpha"],
+                                       self.config.loss, batch.get("magnified"))
+    # The same forward pass, kept in its two parts so the loss can score each (losses.py: why).
+    f, alpha = model.motion(batch["ref"], batch["frame"], batch["alpha"], train=True)
+    moved, ref_moved = lagrangian.parts(batch["ref"], batch["frame"], f, alpha)
+    pred = lagrangian.blend(moved, ref_moved, alpha)
+    loss, terms = losses.magnification_loss(flow_, batch["ref"], batch["frame"], pred,
+                                            batch["alpha"], self.config.loss, batch["magnified"])
+    terms["loss_parts"] = losses.parts_loss(moved, ref_moved, batch["magnified"])
+    terms["loss"] = loss + w_parts * terms["loss_parts"]
+    return terms["loss"], terms
 
   def evaluate(self, model, batch, flow_params):
     flow_ = dataclasses.replace(self.frozen, params=flow_params)

@@ -102,3 +102,28 @@ def test_attenuation_blend_cancels_flow_error_to_first_order():
   a2 = jnp.full((1, 64, 64), 3.0)
   np.testing.assert_array_equal(lagrangian.magnify(ref, frame, f, a2),
                                 lagrangian.magnify(ref * 0, frame, f, a2))
+
+
+def test_motion_and_parts_rebuild_the_output():
+  """losses.parts_loss scores the two parts of the output the network gives: model.motion and
+  lagrangian.parts / blend must be that same output, for MagPlus and DeMagPlus alphas."""
+  net = _random_head_net()
+  ref = _scene(32, seed=2)
+  frame = jnp.roll(ref, 1, axis=2)
+  for alpha in (0.25, 4.0):
+    a = jnp.full((1,), alpha)
+    f, a_map = net.motion(ref, frame, a)
+    moved, ref_moved = lagrangian.parts(ref, frame, f, a_map)
+    # The same ops in the same order: equal to float32 rounding of the one resampling path.
+    np.testing.assert_allclose(lagrangian.blend(moved, ref_moved, a_map), net(ref, frame, a),
+                               atol=1e-6)
+    assert float(jnp.max(jnp.abs(moved - ref_moved))) > 1e-3  # the parts differ: both matter
+
+
+def test_parts_loss_needs_the_lagrangian_output():
+  from magplus_jax import config_lib
+  c = config_lib.base_config()
+  c.loss.w_parts = 1.0
+  c.model.output = "eulerian_gate"
+  with pytest.raises(ValueError, match="w_parts"):
+    config_lib.validate(c)

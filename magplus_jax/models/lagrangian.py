@@ -141,14 +141,26 @@ def sample_at(image: Array, pos: Array) -> Array:
   return resample.sample_pixels(image, pos[..., 0], pos[..., 1])
 
 
-def magnify(ref: Array, frame: Array, motion: Array, alpha: Array) -> Array:
-  """Steps 3-4 of the module doc. ref, frame [B, H, W, 3], motion f [B, H, W, 2], alpha [B, H, W]."""
+def parts(ref: Array, frame: Array, motion: Array, alpha: Array) -> tuple[Array, Array]:
+  """(I_t moved to the magnified positions, I_ref moved there): steps 3-4 of the module doc before
+  the blend. Each alone is first-order sensitive to an error of f, where their blend for
+  alpha < 1 is not (its point): losses.parts_loss scores them to pin f down in training."""
   h, w = frame.shape[1:3]
   grid = resample.pixel_grid(h, w, motion.dtype)[None]
   a = alpha[..., None].astype(motion.dtype)
   f_at_p = motion
   for _ in range(FIXED_POINT_ITERS):  # p = q - alpha f(p)
     f_at_p = sample_at(motion, grid - a * f_at_p)
-  out = sample_at(frame, grid - (a - 1.0) * f_at_p)
-  lam = jnp.clip(1.0 - a, 0.0, 1.0)  # 0 for alpha >= 1: MagPlus never reads I_ref's pixels
-  return out + lam * (sample_at(ref, grid - a * f_at_p) - out)
+  return sample_at(frame, grid - (a - 1.0) * f_at_p), sample_at(ref, grid - a * f_at_p)
+
+
+def blend(moved: Array, ref_moved: Array, alpha: Array) -> Array:
+  """The output from the two parts: the moved I_t, blended towards the moved I_ref by 1 - alpha
+  for alpha < 1 (0 for alpha >= 1: MagPlus never reads I_ref's pixels)."""
+  lam = jnp.clip(1.0 - alpha[..., None].astype(moved.dtype), 0.0, 1.0)
+  return moved + lam * (ref_moved - moved)
+
+
+def magnify(ref: Array, frame: Array, motion: Array, alpha: Array) -> Array:
+  """Steps 3-4 of the module doc. ref, frame [B, H, W, 3], motion f [B, H, W, 2], alpha [B, H, W]."""
+  return blend(*parts(ref, frame, motion, alpha), alpha)

@@ -139,6 +139,29 @@ class MagnifierUNet(nnx.Module):
 
   def __call__(self, ref: Array, frame: Array, alpha: Array, train: bool = False) -> Array:
     """ref, frame: [B, H, W, 3]; alpha: [B] or [B, H, W]. H, W divisible by 2^(levels-1)."""
+    out, scales, alpha = self._unet(ref, frame, alpha, train)
+    if self.output == "lagrangian":
+      return lagrangian.magnify(ref, frame, lagrangian.combine(out, scales), alpha)
+    if self.output == "sigmoid":
+      return nnx.sigmoid(out)
+    if self.output == "eulerian_gate":
+      out = GATE_GAIN * out[..., :1] * (frame - ref) + out[..., 1:]
+    if self.output in ("alpha_residual", "eulerian_gate"):
+      out = out * (alpha[..., None] - 1.0).astype(out.dtype)
+    return jnp.clip(frame + out, 0.0, 1.0)
+
+  def motion(self, ref: Array, frame: Array, alpha: Array, train: bool = False
+             ) -> tuple[Array, Array]:
+    """The "lagrangian" output's motion f [B, H, W, 2] and alpha as a map [B, H, W]: what __call__
+    resamples with (lagrangian.magnify(ref, frame, *self.motion(...)) is __call__), for losses that
+    look at f through the parts of the output (losses.parts_loss)."""
+    if self.output != "lagrangian":
+      raise ValueError(f"motion() needs output='lagrangian'; this network's is {self.output!r}")
+    out, scales, alpha = self._unet(ref, frame, alpha, train)
+    return lagrangian.combine(out, scales), alpha
+
+  def _unet(self, ref, frame, alpha, train):
+    """(head output, the gated motion scales or None, alpha [B, H, W])."""
     b, h, w, _ = frame.shape
     div = 2 ** (self.levels - 1)
     if h % div or w % div:
@@ -147,6 +170,7 @@ class MagnifierUNet(nnx.Module):
       alpha = jnp.broadcast_to(alpha[:, None, None], (b, h, w))
     enc = alpha_encoding(alpha, self.alpha_features).astype(frame.dtype)
     x = jnp.concatenate([ref, frame, enc], axis=-1)
+    scales = None
     if self.output == "lagrangian":
       scales = lagrangian.motion_scales(ref, frame, alpha)
       x = jnp.concatenate([x, lagrangian.features(scales, alpha)], axis=-1)
@@ -160,16 +184,7 @@ class MagnifierUNet(nnx.Module):
       x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
       x = conv(x)
       x = block(jnp.concatenate([x, skips[-2 - j]], axis=-1), train)
-    out = self.head(x)
-    if self.output == "lagrangian":
-      return lagrangian.magnify(ref, frame, lagrangian.combine(out, scales), alpha)
-    if self.output == "sigmoid":
-      return nnx.sigmoid(out)
-    if self.output == "eulerian_gate":
-      out = GATE_GAIN * out[..., :1] * (frame - ref) + out[..., 1:]
-    if self.output in ("alpha_residual", "eulerian_gate"):
-      out = out * (alpha[..., None] - 1.0).astype(out.dtype)
-    return jnp.clip(frame + out, 0.0, 1.0)
+    return self.head(x), scales, alpha
 
 
 def create(model_config, seed: int = 0) -> MagnifierUNet:
