@@ -137,6 +137,6 @@ def test_loss_gradient_reaches_the_network():
   def loss(p):
     pred = nnx.merge(graphdef, p, rest)(ref, frame, jnp.array([4.0, 4.0]))
     return losses.magnification_loss(flow, ref, frame, pred, jnp.array([4.0, 4.0]), loss_cfg)[0]
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)  # one compiled program; the same gradient
   norms = [float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)]
   assert all(np.isfinite(norms)) and sum(g > 0 for g in norms) >= len(norms) - 2
