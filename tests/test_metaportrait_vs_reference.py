@@ -105,8 +105,9 @@ def base_run(base):
   Xeon the float32 run gives deformation 1.8e-5 and prediction 1.9e-3, while on AVX2 it passes
   at 1e-5 / 5e-4. In float64 our own rounding is ~1e-16 relative on every CPU, so what is left
   is the official float32 rounding in the stored numbers, which the README's suggested atols
-  bound (its float64 column: 3.6e-7 deformation, 5.2e-5 prediction). The float32 path of the
-  same code is exercised by the converter round trip and the end-to-end test below."""
+  bound (its float64 column: 3.6e-7 deformation, 5.2e-5 prediction). In float32 this model's
+  code runs only in test_animate_end_to_end_small_model below (a narrow random model, checked
+  for behaviour, not against golden numbers)."""
   z = base["z"]
   t = z["driving_line"].shape[0]
   previous = jax.config.jax_enable_x64
