@@ -55,6 +55,27 @@ def test_shipped_architecture_is_the_base_config_and_small():
     assert os.path.isfile(os.path.join(pretrained.path(task), "calibration.json"))
 
 
+@pytest.mark.parametrize("task", pretrained.TASKS)
+def test_shipped_config_is_the_recipe(task):
+  """configs/pretrained.py is the recipe of what is shipped: a change to one needs the other."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "pretrained.py")
+  spec = importlib.util.spec_from_file_location("pretrained_recipe", path)
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  want = recipe.get_config(task).to_dict()
+  with open(os.path.join(pretrained.path(task), "config.json")) as f:
+    shipped = json.load(f)
+  for key in ("task", "total_steps", "batch_size", "seed"):
+    assert shipped[key] == want[key], (task, key)
+  base = json.loads(json.dumps(config_lib.base_config().to_dict()))
+  for group in ("loss", "model", "optimizer"):  # a key added since the run has its default
+    assert {**base[group], **shipped[group]} == json.loads(json.dumps(want[group])), (task, group)
+  for key in ("image_size", "alpha_max", "max_motion_px", "noise_std", "noise_sampling"):
+    assert shipped["data"][key] == json.loads(json.dumps(want["data"][key])), (task, key)
+
+
 def test_wrong_architecture_is_refused_naming_it():
   cfg = pretrained.magnifier_config("magplus")
   cfg.model.width = 8
