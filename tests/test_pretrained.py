@@ -1,4 +1,5 @@
 """The weights shipped in magplus_jax/pretrained: they load, keep their promises, and export."""
+import json
 import os
 
 import jax
@@ -10,6 +11,9 @@ import pytest
 from magplus_jax import checkpointing, config_lib, pretrained
 from magplus_jax.models import magnifier
 from data_pipelines import procedural
+from launch import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +62,17 @@ def test_shipped_architecture_is_the_base_config_and_small():
 @pytest.mark.parametrize("task", pretrained.TASKS)
 def test_shipped_config_is_the_recipe(task):
   """configs/pretrained.py is the recipe of what is shipped: a change to one needs the other."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "pretrained.py")
-  spec = importlib.util.spec_from_file_location("pretrained_recipe", path)
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  want = recipe.get_config(task).to_dict()
-  with open(os.path.join(pretrained.path(task), "config.json")) as f:
-    shipped = json.load(f)
+  recipe = sweep.load_module(os.path.join(ROOT, "configs", "pretrained.py"))
+  as_json = lambda d: json.loads(json.dumps(d))   # tuples as the shipped JSON holds them: lists
+  want = as_json(recipe.get_config(task).to_dict())
+  shipped = pretrained.training_config(task)
   for key in ("task", "total_steps", "batch_size", "seed"):
     assert shipped[key] == want[key], (task, key)
-  base = json.loads(json.dumps(config_lib.base_config().to_dict()))
+  base = as_json(config_lib.base_config().to_dict())
   for group in ("loss", "model", "optimizer"):  # a key added since the run has its default
-    assert {**base[group], **shipped[group]} == json.loads(json.dumps(want[group])), (task, group)
+    assert {**base[group], **shipped[group]} == want[group], (task, group)
   for key in ("image_size", "alpha_max", "max_motion_px", "noise_std", "noise_sampling"):
-    assert shipped["data"][key] == json.loads(json.dumps(want["data"][key])), (task, key)
+    assert shipped["data"][key] == want["data"][key], (task, key)
 
 
 def test_wrong_architecture_is_refused_naming_it():

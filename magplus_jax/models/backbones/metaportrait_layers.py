@@ -29,7 +29,8 @@ def mean_by_axis(x: Array, axes: tuple[int, ...]) -> Array:
   rounding grows with the element count. LayerNorm2d's statistics over 64x64x512 = 2M values came
   out with a relative error of 1e-4 (activations off by 1.4e-3 at |x| 15, flow off by 6e-4 px on
   an AVX-512 Xeon: 50x torch's float32 run). Nested means keep every sum to one axis (<= 512
-  terms here), which brings the port back to torch's float32 accuracy on any CPU."""
+  terms here): on that Xeon the deformation is then within 4.8e-7 of torch's stored float32 numbers
+(torch's own float64 rerun: 3.6e-7)."""
   for axis in sorted(axes, reverse=True):
     x = jnp.mean(x, axis=axis, keepdims=True)
   return x
